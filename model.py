@@ -1,0 +1,222 @@
+"""
+A plain GPT decoder in one file, in the style of nanoGPT: token + position embeddings, pre-norm
+transformer blocks (causal self-attention, MLP), a final LayerNorm, and an output layer that shares
+its weights with the token embedding. It knows nothing about the method of this project: special
+tokens are just ids in its vocabulary.
+"""
+import inspect
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 256       # context length
+    vocab_size: int = 258       # real vocabulary (tokenizer ids 0..vocab_size-1)
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = False          # biases in Linear and LayerNorm layers (GPT-2 had them; not needed)
+
+    @property
+    def padded_vocab_size(self):
+        # The embedding table is padded to a multiple of 64: matmuls with such shapes run faster on
+        # GPUs. For GPT-2 (50257 ids + 1 special = 50258) this gives 50304. Padding ids are never
+        # targets and are masked out when sampling.
+        return (self.vocab_size + 63) // 64 * 64
+
+
+# Model shapes are data. block_size here is the default context; vocab_size comes from the tokenizer.
+PRESETS = {
+    # Fast enough for a laptop CPU: a training step takes well under a second.
+    "tiny": dict(n_layer=4, n_head=4, n_embd=128, block_size=256),
+    # GPT-2 small's shape (12 x 768) with the paper's 2048 context: about 126M parameters.
+    "130m": dict(n_layer=12, n_head=12, n_embd=768, block_size=2048),
+    # About 1.0B parameters. The paper says only that the pause embedding adds 1024 parameters,
+    # which hints at d_model 1024; a plain GPT that wide needs ~76 layers to reach 1B, an unusual
+    # shape that keeps matmuls small (poor GPU efficiency). We take the common 1B shape instead:
+    # d_model 2048, 18 layers, 16 heads of 128, i.e. 50.3M parameters per block x 18 + 107M embeddings.
+    "1b": dict(n_layer=18, n_head=16, n_embd=2048, block_size=2048),
+}
+
+
+def config_from_preset(preset, vocab_size, **overrides):
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    return GPTConfig(**{**PRESETS[preset], "vocab_size": vocab_size, **overrides})
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0
+        self.n_head = config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
+
+    def forward(self, x, cache=None, pos=0):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if cache is not None:
+            assert T == 1 or pos == 0, "the KV cache takes a whole prompt at position 0, then one token a step"
+            # KV cache: store this step's keys and values, attend over everything stored so far.
+            cache[0][:, :, pos:pos + T] = k
+            cache[1][:, :, pos:pos + T] = v
+            k, v = cache[0][:, :, :pos + T], cache[1][:, :, :pos + T]
+        # The causal mask only matters when several queries are new (the prompt); a single new
+        # query may see every cached position.
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.c_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cache=None, pos=0):
+        x = x + self.attn(self.ln_1(x), cache, pos)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.padded_vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied input and output embeddings
+        self.apply(self._init_weights)
+        # GPT-2: scale the init of projections into the residual stream by 1/sqrt(2 * n_layer), so
+        # the residual's variance does not grow with depth (two additions per block).
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    @property
+    def device(self):
+        return self.wte.weight.device
+
+    def num_params(self, non_embedding=True):
+        # Position embeddings do no matmul work, so they are left out of FLOP counts; the token
+        # embedding stays in, since it is also the output layer.
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.wpe.weight.numel() if non_embedding else n
+
+    def forward(self, idx, targets=None, cache=None, pos=0):
+        """idx (B, T) token ids -> logits (B, T, padded_vocab_size), and the mean cross-entropy over
+        the targets that are not -1 (None without targets)."""
+        T = idx.size(1)
+        if pos + T > self.config.block_size:
+            raise ValueError(f"sequence of {pos + T} tokens is longer than the context "
+                             f"(block_size {self.config.block_size})")
+        positions = torch.arange(pos, pos + T, device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(positions))
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if cache is None else cache[i], pos)
+        logits = self.lm_head(self.ln_f(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1),
+                                   ignore_index=-1)
+        return logits, loss
+
+    def new_cache(self, batch_size, max_len):
+        """Empty key/value buffers for every layer, preallocated so decoding never copies them."""
+        c = self.config
+        shape = (batch_size, c.n_head, max_len, c.n_embd // c.n_head)
+        dtype = self.wte.weight.dtype
+        return [(torch.empty(shape, device=self.device, dtype=dtype),
+                 torch.empty(shape, device=self.device, dtype=dtype)) for _ in range(c.n_layer)]
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, stop_ids=(), banned_ids=(),
+                 use_cache=True):
+        """Continue each row of idx (B, T) by up to max_new_tokens tokens. temperature 0 is greedy.
+        Ids in banned_ids and the vocabulary's padding ids are never produced. Stops when every row
+        has produced a stop id; a row that stopped repeats its stop id. use_cache=False re-runs the
+        whole sequence each step (slow; the reference the KV cache is tested against)."""
+        B, T = idx.shape
+        if T + max_new_tokens > self.config.block_size:
+            raise ValueError(f"prompt ({T}) + max_new_tokens ({max_new_tokens}) exceeds the "
+                             f"context of {self.config.block_size}; shorten the prompt")
+        banned = torch.zeros(self.config.padded_vocab_size, dtype=torch.bool, device=idx.device)
+        banned[self.config.vocab_size:] = True
+        banned[list(banned_ids)] = True
+        stops = torch.tensor(sorted(stop_ids), dtype=torch.long, device=idx.device)
+        done = torch.zeros(B, dtype=torch.bool, device=idx.device)
+        cache = self.new_cache(B, T + max_new_tokens) if use_cache else None
+        x, pos = idx, 0
+        for _ in range(max_new_tokens):
+            logits, _ = self(x, cache=cache, pos=pos)
+            logits = logits[:, -1, :].float().masked_fill(banned, float("-inf"))
+            if temperature == 0:
+                nxt = logits.argmax(-1)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                nxt = torch.multinomial(F.softmax(logits, dim=-1), 1).squeeze(1)
+            nxt = torch.where(done, idx[:, -1], nxt)  # finished rows repeat their stop id
+            idx = torch.cat([idx, nxt[:, None]], dim=1)
+            done |= torch.isin(nxt, stops)
+            if done.all():
+                break
+            if use_cache:
+                x, pos = idx[:, -1:], idx.size(1) - 1
+            else:
+                x = idx
+        return idx
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas=(0.9, 0.95), device_type="cpu"):
+        # Weight decay on matrices (matmul weights, embeddings) only; never on gains and biases.
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {}))
+
+    def flops_per_token(self, seq_len):
+        """Training FLOPs per token (forward + backward), as in the PaLM paper's appendix B:
+        6 per parameter-token for the matmuls, plus attention's 12 * layers * width * seq_len."""
+        c = self.config
+        return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * seq_len
+
+    def estimate_mfu(self, tokens_per_s, peak_flops, seq_len=None):
+        """Model FLOPs utilization: achieved training FLOP/s over the accelerator's peak FLOP/s
+        (pass the peak of the card and dtype you run on, measured or from its datasheet)."""
+        return self.flops_per_token(seq_len or self.config.block_size) * tokens_per_s / peak_flops
