@@ -379,6 +379,9 @@ def prepare(inputs, out_dir, tokenizer_name="gpt2", val_inputs=(), val_every=200
     for p in [*inputs, *val_inputs]:
         if not Path(p).is_file():
             raise SystemExit(f"input file {p} does not exist")
+    if set(map(str, inputs)) & set(map(str, val_inputs)):
+        raise SystemExit(f"{sorted(set(map(str, inputs)) & set(map(str, val_inputs)))} given as both --input and "
+                         "--val_input; a validation file must not also be trained on")
     tok = get_tokenizer(tokenizer_name)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

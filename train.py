@@ -133,15 +133,15 @@ def peak_flops_of(device):
 
 def _check_resume(ckpt, model_config, tok_name, cfg, path):
     """Refuse a checkpoint of another model shape, tokenizer or pause_frac, naming the field."""
+    for key, saved_v, value in (("tokenizer", ckpt["tokenizer"], tok_name), ("pause_frac", ckpt["pause_frac"], cfg.pause_frac)):
+        if saved_v != value:
+            raise SystemExit(f"--resume: {path} was made with {key}={saved_v}, this run has {key}={value}; "
+                             "use the same data and flags, or another --out_dir")
     saved = ckpt["model_config"]
     for key, value in asdict(model_config).items():
         if saved.get(key) != value:
             raise SystemExit(f"--resume: {path} has {key}={saved.get(key)} but this run has {key}={value}; "
                              "use the flags of the run that made it, or another --out_dir")
-    for key, saved_v, value in (("tokenizer", ckpt["tokenizer"], tok_name), ("pause_frac", ckpt["pause_frac"], cfg.pause_frac)):
-        if saved_v != value:
-            raise SystemExit(f"--resume: {path} was made with {key}={saved_v}, this run has {key}={value}; "
-                             "use the same data and flags, or another --out_dir")
 
 
 # -----------------------------------------------------------------------------------------------
