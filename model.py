@@ -136,9 +136,10 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.wpe.weight.numel() if non_embedding else n
 
-    def forward(self, idx, targets=None, cache=None, pos=0):
+    def forward(self, idx, targets=None, cache=None, pos=0, last_only=False):
         """idx (B, T) token ids -> logits (B, T, padded_vocab_size), and the mean cross-entropy over
-        the targets that are not -1 (None without targets)."""
+        the targets that are not -1 (None without targets). last_only computes the logits of the last
+        position only (all that sampling needs; the output layer is the largest matmul)."""
         T = idx.size(1)
         if pos + T > self.config.block_size:
             raise ValueError(f"sequence of {pos + T} tokens is longer than the context "
@@ -147,6 +148,8 @@ class GPT(nn.Module):
         x = self.drop(self.wte(idx) + self.wpe(positions))
         for i, block in enumerate(self.blocks):
             x = block(x, None if cache is None else cache[i], pos)
+        if last_only:
+            x = x[:, -1:]
         logits = self.lm_head(self.ln_f(x))
         loss = None
         if targets is not None:
@@ -181,7 +184,7 @@ class GPT(nn.Module):
         cache = self.new_cache(B, T + max_new_tokens) if use_cache else None
         x, pos = idx, 0
         for _ in range(max_new_tokens):
-            logits, _ = self(x, cache=cache, pos=pos)
+            logits, _ = self(x, cache=cache, pos=pos, last_only=True)
             logits = logits[:, -1, :].float().masked_fill(banned, float("-inf"))
             if temperature == 0:
                 nxt = logits.argmax(-1)
@@ -193,9 +196,10 @@ class GPT(nn.Module):
                 nxt = torch.multinomial(F.softmax(logits, dim=-1), 1).squeeze(1)
             nxt = torch.where(done, idx[:, -1], nxt)  # finished rows repeat their stop id
             idx = torch.cat([idx, nxt[:, None]], dim=1)
-            done |= torch.isin(nxt, stops)
-            if done.all():
-                break
+            if stop_ids:  # checking stops waits for the GPU, so only when there are any
+                done |= torch.isin(nxt, stops)
+                if done.all():
+                    break
             if use_cache:
                 x, pos = idx[:, -1:], idx.size(1) - 1
             else:

@@ -50,12 +50,12 @@ def insert_pauses(tokens, num_pauses, pause_id, generator=None):
     # A uniformly random set of num_pauses slots out of N + M: the slots with the M largest
     # i.i.d. uniform keys. Only the first N slots survive the trim, so only they are materialized.
     keys = torch.rand(B, N + num_pauses, generator=generator, device=rows.device)
-    chosen = keys.topk(num_pauses, dim=1).indices
+    chosen = keys.topk(num_pauses, dim=1, sorted=False).indices
     is_pause = torch.zeros(B, N + num_pauses, dtype=torch.bool, device=rows.device)
     is_pause.scatter_(1, chosen, True)
     is_pause = is_pause[:, :N]
     # A real slot holds input token number (real slots so far - 1): the tokens shift right past pauses.
-    src = (~is_pause).cumsum(1) - 1
+    src = (~is_pause).cumsum(1).sub_(1)
     out = rows.gather(1, src.clamp_(min=0)).masked_fill_(is_pause, pause_id)
     return out.view_as(tokens)
 
