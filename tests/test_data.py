@@ -207,3 +207,35 @@ def test_download_refuses_a_corrupt_gzip(server, tmp_path, capsys):
         download(url + "/bad.json.gz", tmp_path / "bad.json.gz", retries=2)
     assert "corrupt download" in capsys.readouterr().out
     assert not (tmp_path / "bad.json.gz").exists() and not (tmp_path / "bad.json.gz.part").exists()
+
+
+def test_c4_command_downloads_and_prepares(server, tmp_path, monkeypatch, capsys):
+    import data
+    url, handler = server
+    docs = {f"/c4-train.{i:05d}-of-01024.json.gz": [f"train doc {i}.{j}" for j in range(30)] for i in range(2)}
+    docs["/c4-validation.00000-of-00008.json.gz"] = [f"validation doc {j}" for j in range(10)]
+    handler.files = {k: gzip.compress("".join(json.dumps({"text": d}) + "\n" for d in v).encode())
+                     for k, v in docs.items()}
+    monkeypatch.setattr(data, "C4_URL", url + "/c4-{split}.{i:05d}-of-{n:05d}.json.gz")
+    main(["c4", "--shards", "2", "--out", str(tmp_path / "c4"), "--tokenizer", "byte", "--workers", "1"])
+    assert "200B training tokens" in capsys.readouterr().out
+    tok = get_tokenizer("byte")
+    for split, names in (("train", [k for k in docs if "train" in k]), ("val", [k for k in docs if "valid" in k])):
+        want = [t for k in names for d in docs[k] for t in [tok.eot_id] + tok.encode(d)]
+        assert load_shard(tmp_path / "c4" / f"{split}_000000.bin").tolist() == want
+
+
+def test_task_download_decompresses_bz2(server, tmp_path, monkeypatch):
+    import bz2
+    import data
+    url, handler = server
+    records = [{"url": "http://www.freebase.com/view/en/x", "utterance": "what is x?",
+                "targetValue": "(list (description X))"}]
+    handler.files = {"/wq.json.bz2": bz2.compress(json.dumps(records).encode()), "/t.jsonl": b'{"q": 1}\n'}
+    monkeypatch.setitem(data.TASK_FILES, "webquestions", {"webquestions.examples.train.json.bz2": url + "/wq.json.bz2",
+                                                          "extra.jsonl": url + "/t.jsonl"})
+    main(["task", "webquestions", "--out", str(tmp_path)])
+    assert json.loads((tmp_path / "webquestions" / "webquestions.examples.train.json").read_text()) == records
+    assert (tmp_path / "webquestions" / "extra.jsonl").read_bytes() == b'{"q": 1}\n'
+    with pytest.raises(SystemExit, match="unknown task"):
+        main(["task", "mnist", "--out", str(tmp_path)])
