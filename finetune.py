@@ -1,0 +1,870 @@
+"""
+Pause-finetuning and pause-inference on downstream tasks (paper Sec. 3.2-3.3), and the paper's four
+configurations (StdPT_StdFT, StdPT_PauseFT, PausePT_StdFT, PausePT_PauseFT) as one experiment.
+
+    python finetune.py --ckpt out/ckpt.pt --task world:add --num_pauses 10    # one run, built-in task
+    python finetune.py --ckpt out/ckpt.pt --task squad --data data/ --num_pauses 10
+    torchrun --standalone --nproc_per_node=8 finetune.py --ckpt out/ckpt.pt --task gsm8k --data data/
+    python finetune.py --compare          # pretrain std + pause models, then the four configurations
+
+One run loads a pretrained checkpoint (its pause_frac says StdPT or PausePT), finetunes it with
+M_ft = --num_pauses pauses after every prompt (loss on the answer only; 0 is StdFT), then evaluates
+with M_inf = --num_pauses_eval pauses. It writes out_dir/metrics.jsonl, out_dir/predictions.jsonl
+and out_dir/results.json. Task values are percentages.
+"""
+import argparse
+import gzip
+import json
+import math
+import os
+import re
+import statistics
+import string
+import time
+from collections import Counter
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields, replace
+from decimal import Decimal, InvalidOperation
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import pause
+from data import WORLD_TASKS, synthetic_task
+
+
+@dataclass
+class FinetuneConfig:
+    # what to finetune, on which task
+    ckpt: str = ""                # a pretrained checkpoint (train.py's out_dir/ckpt.pt)
+    task: str = "world:add"       # one of the nine (see TASKS) or a built-in 'world:add|chain|story'
+    data: str = ""                # real tasks: a directory (DIR/NAME/ as downloaded) or the training file
+    eval_data: str = ""           # the evaluation file, when --data names a file
+    n_train: int = 4000           # training examples (built-in: generated; real: the first n; -1: all)
+    n_eval: int = 300             # evaluation examples (-1: all)
+    out_dir: str = "out_finetune"
+    # the paper's knobs
+    num_pauses: int = 10          # M_ft; 0 is standard finetuning (StdFT)
+    num_pauses_eval: int = -1     # M_inf; -1 means M_inf = M_ft
+    where: str = "append"         # 'prepend' is the paper's ablation (with --compare: extra rows)
+    filler: str = ""              # evaluate with this token (e.g. '.') instead of pauses: filler baseline
+    score_choices: bool = False   # score every multiple-choice task by likelihood (CommonSenseQA too)
+    # optimization: AdamW, linear warmup then cosine decay (train.lr_at)
+    max_steps: int = 300
+    batch_size: int = 32          # global batch, split across DDP ranks
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 30
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+    max_new_tokens: int = 0       # 0: the longest training answer + 2, at most a quarter of the context
+    eval_batch_size: int = 16     # rows per forward pass when scoring choices
+    log_interval: int = 25
+    device: str = "auto"          # auto, cpu, cuda, cuda:N (torchrun picks cuda:LOCAL_RANK)
+    dtype: str = "auto"           # auto (bfloat16 autocast on a GPU that has it, else float32), float32, bfloat16
+    save: bool = False            # also write the finetuned model to out_dir/ckpt.pt
+    # the four configurations and the ablations (--compare)
+    compare: bool = False
+    std_ckpt: str = ""            # StdPT checkpoint; empty: pretrain one on the built-in corpus
+    pause_ckpt: str = ""          # PausePT checkpoint; empty: pretrain one with --pretrain_pause_frac
+    pretrain_pause_frac: float = 0.1
+    pretrain_steps: int = 0       # 0: train.py's default
+    seeds: int = 3
+    minf_sweep: bool = False      # M_inf in {0, M_ft/2, M_ft, 3M_ft/2, 2M_ft} for the PauseFT models
+    filler_baseline: bool = False  # StdPT_StdFT evaluated with M_ft '.' tokens instead of pauses
+
+
+# -----------------------------------------------------------------------------------------------
+# Metrics. SQuAD's exact match and F1 (the maximum over the gold answers), GSM8k's final number,
+# LAMBADA's last word.
+
+def normalize_answer(s):
+    """SQuAD v1.1's normalization: lower-case, drop ASCII punctuation, drop the articles
+    a/an/the, collapse white space."""
+    s = "".join(ch for ch in s.lower() if ch not in set(string.punctuation))
+    s = re.sub(r"\b(a|an|the)\b", " ", s)
+    return " ".join(s.split())
+
+
+def _golds(golds):
+    golds = [golds] if isinstance(golds, str) else list(golds)
+    if not golds:
+        raise ValueError("no gold answers to compare with")
+    return golds
+
+
+def exact_match(prediction, golds):
+    """1.0 if the normalized prediction equals any normalized gold answer, else 0.0."""
+    return float(any(normalize_answer(prediction) == normalize_answer(g) for g in _golds(golds)))
+
+
+def _f1_one(prediction, gold):
+    p, g = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    if not p or not g:  # SQuAD v2's convention: two empty answers agree, one empty answer scores 0
+        return float(p == g)
+    same = sum((Counter(p) & Counter(g)).values())  # shared tokens, each counted at most as often as in both
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(p), same / len(g)
+    return 2 * precision * recall / (precision + recall)
+
+
+def f1(prediction, golds):
+    """Token-overlap F1 after normalization, the maximum over the gold answers."""
+    return max(_f1_one(prediction, g) for g in _golds(golds))
+
+
+NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def last_number(text):
+    """The last number in the text as a Decimal ('1,234' -> 1234, '-3.50' -> -3.5), or None."""
+    found = NUMBER.findall(text)
+    if not found:
+        return None
+    try:
+        return Decimal(found[-1].replace(",", ""))
+    except InvalidOperation:
+        return None
+
+
+def gsm8k_gold(answer):
+    """GSM8k's gold number: the one after '####' in the reference solution."""
+    if "####" not in answer:
+        raise ValueError("a GSM8k answer ends with '#### <number>'; this one has no '####'")
+    number = last_number(answer.split("####")[-1])
+    if number is None:
+        raise ValueError(f"no number after '####' in the GSM8k answer {answer[-40:]!r}")
+    return number
+
+
+def gsm8k_correct(prediction, gold_answer):
+    """GSM8k accuracy: the last number of the prediction equals the number after '####'."""
+    return float(last_number(prediction) == gsm8k_gold(gold_answer))
+
+
+def lambada_correct(prediction, word):
+    """LAMBADA: the first word the model produces is the passage's last word (ASCII punctuation
+    around either is ignored)."""
+    words = prediction.split()
+    return float(bool(words) and words[0].strip(string.punctuation) == word.strip(string.punctuation))
+
+
+def score_prediction(metric, prediction, golds):
+    if metric == "em":
+        return exact_match(prediction, golds)
+    if metric == "f1":
+        return f1(prediction, golds)
+    if metric == "gsm8k":
+        return gsm8k_correct(prediction, golds[0])
+    if metric == "lambada":
+        return lambada_correct(prediction, golds[0])
+    if metric == "exact":  # the built-in tasks: the answer string itself
+        return float(prediction.strip() in [g.strip() for g in golds])
+    raise ValueError(f"unknown metric {metric!r}")
+
+
+# -----------------------------------------------------------------------------------------------
+# The tasks. Every loader turns records into examples of one shape:
+#   generation:       {'prompt', 'target', 'answers'}   target = training continuation, answers = golds
+#   multiple choice:  {'prompt', 'target', 'choices', 'label'}   choices are the scored continuations
+# The prompt templates, in the style of evaluation harnesses (the answer follows after a space):
+QA_PROMPT = "Question: {question}\nAnswer:"
+SQUAD_PROMPT = "Title: {title}\n\nBackground: {context}\n\nQuestion: {question}\n\nAnswer:"
+COQA_TURN = "Q: {question}\n\nA:"  # earlier turns as "Q: ...\n\nA: ...\n\n" after the story
+CSQA_PROMPT = "Question: {question}\n{choices}\nAnswer:"  # choices as "A. text" lines
+
+
+def read_records(path):
+    """[(where, record)] from a JSON file, a JSON Lines file, or either gzipped. `where` names the
+    file and the line (JSON Lines) or the file (one JSON document), for error messages."""
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot read it as UTF-8 text{' (gzip)' if path.endswith('.gz') else ''}: {e}")
+    if not text.strip():
+        raise ValueError(f"{path}: the file is empty")
+    if not re.search(r"\.jsonl(\.gz)?$", path):
+        try:  # one JSON document (SQuAD, CoQA and WebQuestions originals) ...
+            whole = json.loads(text)
+            return [(f"{path}, record {i}", r) for i, r in enumerate(whole)] if isinstance(whole, list) else [(path, whole)]
+        except json.JSONDecodeError:
+            pass
+    records = []  # ... or one JSON record a line
+    for i, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                records.append((f"{path}, line {i}", json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}, line {i}: not valid JSON ({e.msg}); expected one JSON record a "
+                                 "line (JSON Lines) or one JSON document")
+    return records
+
+
+def field(record, key, where, task, kind=None):
+    """record[key], or a ValueError that names the file, the line and the missing field."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: expected a JSON object (a {task} record), got {type(record).__name__}")
+    if key not in record:
+        raise ValueError(f"{where}: field {key!r} is missing from this {task} record (it has "
+                         f"{sorted(record)}); see the record formats in TASKS.md")
+    value = record[key]
+    if kind is not None and not isinstance(value, kind):
+        raise ValueError(f"{where}: field {key!r} of this {task} record should be a "
+                         f"{getattr(kind, '__name__', 'list or dict')}, got {type(value).__name__}")
+    return value
+
+
+def gen_example(prompt, answers, where, target=None):
+    answers = [a for a in answers if isinstance(a, str) and a.strip()]
+    if not answers:
+        raise ValueError(f"{where}: no non-empty gold answer")
+    return {"prompt": prompt, "target": " " + answers[0] if target is None else target, "answers": answers}
+
+
+def choice_example(prompt, choices, label, where):
+    try:
+        label = int(label)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: label {label!r} is not a choice number (an unlabeled test split? "
+                         "evaluate on the validation/dev file)") from None
+    if not 0 <= label < len(choices):
+        raise ValueError(f"{where}: label {label} is outside the {len(choices)} choices")
+    choices = [" " + c.strip() for c in choices]
+    return {"prompt": prompt, "target": choices[label], "choices": choices, "label": label}
+
+
+def parse_gsm8k(records, path):
+    out = []
+    for where, r in records:
+        question, answer = field(r, "question", where, "GSM8k", str), field(r, "answer", where, "GSM8k", str)
+        try:
+            gsm8k_gold(answer)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        # the whole solution is the target (steps, calculator notes, '#### n'); decoding stops at <|endoftext|>
+        out.append(gen_example(QA_PROMPT.format(question=question), [answer], where))
+    return out
+
+
+def parse_squad(records, path):
+    out = []
+    for where, r in records:
+        if isinstance(r, dict) and "data" in r:  # the original nested layout
+            for i, article in enumerate(field(r, "data", where, "SQuAD", list)):
+                title = field(article, "title", f"{where}, data[{i}]", "SQuAD")
+                for j, para in enumerate(field(article, "paragraphs", f"{where}, data[{i}]", "SQuAD", list)):
+                    context = field(para, "context", f"{where}, data[{i}].paragraphs[{j}]", "SQuAD", str)
+                    for k, qa in enumerate(field(para, "qas", f"{where}, data[{i}].paragraphs[{j}]", "SQuAD", list)):
+                        w = f"{where}, data[{i}].paragraphs[{j}].qas[{k}]"
+                        answers = [field(a, "text", w + ".answers", "SQuAD") for a in field(qa, "answers", w, "SQuAD", list)]
+                        prompt = SQUAD_PROMPT.format(title=title, context=context, question=field(qa, "question", w, "SQuAD"))
+                        out.append(gen_example(prompt, answers, w + " (SQuAD v2's unanswerable questions are not supported)"))
+        else:  # Hugging Face's flat layout: one question a record, answers {'text': [...], 'answer_start': [...]}
+            answers = field(r, "answers", where, "SQuAD", dict)
+            prompt = SQUAD_PROMPT.format(title=r.get("title", ""), context=field(r, "context", where, "SQuAD", str),
+                                         question=field(r, "question", where, "SQuAD", str))
+            out.append(gen_example(prompt, field(answers, "text", where + ", answers", "SQuAD", list), where))
+    return out
+
+
+def parse_coqa(records, path):
+    out = []
+    stories = [(f"{w}, data[{i}]", s) for w, r in records if isinstance(r, dict) and "data" in r
+               for i, s in enumerate(field(r, "data", w, "CoQA", list))] or records
+    for where, s in stories:
+        story, questions = field(s, "story", where, "CoQA", str), field(s, "questions", where, "CoQA", list)
+        answers = field(s, "answers", where, "CoQA", (list, dict))
+        if isinstance(answers, dict):  # Hugging Face: questions [str], answers {'input_text': [str], ...}
+            turns = [(q, [a]) for q, a in zip(questions, field(answers, "input_text", where, "CoQA", list))]
+        else:  # original: questions/answers [{'turn_id', 'input_text'}], dev adds additional_answers
+            extra = s.get("additional_answers", {})
+            turns = []
+            for t, (q, a) in enumerate(zip(questions, answers)):
+                w = f"{where}, questions[{t}]"
+                golds = [field(a, "input_text", w, "CoQA")] + [x[t]["input_text"] for x in extra.values() if t < len(x)]
+                turns.append((field(q, "input_text", w, "CoQA"), golds))
+        if len(turns) != len(questions):
+            raise ValueError(f"{where}: {len(questions)} questions but {len(turns)} answers")
+        history = story + "\n\n"
+        for t, (q, golds) in enumerate(turns):
+            out.append(gen_example(history + COQA_TURN.format(question=q), golds, f"{where}, turn {t + 1}"))
+            history += COQA_TURN.format(question=q) + " " + golds[0] + "\n\n"
+    return out
+
+
+def parse_commonsense_qa(records, path):
+    out = []
+    for where, r in records:
+        q = field(r, "question", where, "CommonSenseQA")
+        if isinstance(q, dict):  # original: question {'stem', 'choices': [{'label', 'text'}]}
+            stem, choices = field(q, "stem", where + ", question", "CommonSenseQA"), field(q, "choices", where + ", question", "CommonSenseQA", list)
+            labels, texts = [c["label"] for c in choices], [c["text"] for c in choices]
+        else:  # Hugging Face: question str, choices {'label': [...], 'text': [...]}
+            choices = field(r, "choices", where, "CommonSenseQA", dict)
+            stem, labels, texts = q, field(choices, "label", where, "CommonSenseQA"), field(choices, "text", where, "CommonSenseQA")
+        key = field(r, "answerKey", where, "CommonSenseQA")
+        if key not in labels:
+            raise ValueError(f"{where}: answerKey {key!r} is not one of the choice labels {labels} (an "
+                             "unlabeled test split? evaluate on the dev/validation file)")
+        lines = "\n".join(f"{lab}. {text}" for lab, text in zip(labels, texts))
+        ex = choice_example(CSQA_PROMPT.format(question=stem.strip(), choices=lines), texts, labels.index(key), where)
+        ex["answers"] = [texts[ex["label"]]]  # the paper decodes the answer and scores exact match
+        out.append(ex)
+    return out
+
+
+def parse_piqa(records, path):
+    labels = None
+    if records and isinstance(records[0][1], dict) and "label" not in records[0][1]:
+        # The original release keeps the labels beside the data: train.jsonl + train-labels.lst.
+        base = re.sub(r"\.jsonl?(\.gz)?$", "", path)
+        lst = base + "-labels.lst"
+        if not os.path.exists(lst):
+            raise ValueError(f"{path}: PIQA records carry no 'label', and the labels file {lst} (one 0/1 a "
+                             "line, from the original release) is missing")
+        with open(lst, encoding="utf-8") as f:
+            labels = [(f"{lst}, line {i}", line.strip()) for i, line in enumerate(f, 1) if line.strip()]
+        if len(labels) != len(records):
+            raise ValueError(f"{lst} has {len(labels)} labels but {path} has {len(records)} records")
+    out = []
+    for i, (where, r) in enumerate(records):
+        goal, sols = field(r, "goal", where, "PIQA", str), [field(r, k, where, "PIQA", str) for k in ("sol1", "sol2")]
+        label_where, label = labels[i] if labels else (where, field(r, "label", where, "PIQA"))
+        out.append(choice_example(QA_PROMPT.format(question=goal), sols, label, label_where))
+    return out
+
+
+def _hellaswag_clean(text):
+    # WikiHow contexts carry markup such as '[title]' and '[header]'; harnesses clean it like this.
+    text = text.strip().replace(" [title]", ". ")
+    return re.sub(r"\[.*?\]", "", text).replace("  ", " ")
+
+
+def parse_hellaswag(records, path):
+    out = []
+    for where, r in records:
+        ctx = field(r, "ctx_a", where, "HellaSwag", str) + " " + field(r, "ctx_b", where, "HellaSwag", str).capitalize()
+        prompt = _hellaswag_clean(field(r, "activity_label", where, "HellaSwag", str) + ": " + ctx)
+        endings = [_hellaswag_clean(e) for e in field(r, "endings", where, "HellaSwag", list)]
+        out.append(choice_example(prompt, endings, field(r, "label", where, "HellaSwag"), where))
+    return out
+
+
+def parse_lambada(records, path):
+    out = []
+    for where, r in records:
+        text = field(r, "text", where, "LAMBADA", str).rstrip()
+        cut = text.rfind(" ")
+        if cut <= 0:
+            raise ValueError(f"{where}: a LAMBADA passage needs several words; the target is the last one")
+        out.append(gen_example(text[:cut], [text[cut + 1:]], where))
+    return out
+
+
+def parse_webquestions(records, path):
+    out = []
+    for where, r in records:
+        if isinstance(r, dict) and "targetValue" in r:  # original: utterance, targetValue "(list (description X) ...)"
+            answers = [a or b for a, b in re.findall(r'\(description (?:"((?:[^"\\]|\\.)*)"|([^()]*))\)', r["targetValue"])]
+            question = field(r, "utterance", where, "WebQuestions", str)
+        else:  # Hugging Face: question, answers [str]
+            question, answers = field(r, "question", where, "WebQuestions", str), field(r, "answers", where, "WebQuestions", list)
+        out.append(gen_example(QA_PROMPT.format(question=question), answers, where))
+    return out
+
+
+def parse_nq_open(records, path):
+    return [gen_example(QA_PROMPT.format(question=field(r, "question", w, "NaturalQuestions", str)),
+                        field(r, "answer", w, "NaturalQuestions", list), w) for w, r in records]
+
+
+@dataclass(frozen=True)
+class Task:
+    parse: object       # (records, path) -> examples
+    metric: str         # em | f1 | gsm8k | lambada | exact | acc (a choice scored by likelihood)
+    files: tuple        # (train file names, evaluation file names) of the original release
+    stop: str = "newline"  # generation stops at a newline, or only at <|endoftext|> (GSM8k's solutions)
+
+
+TASKS = {
+    "gsm8k": Task(parse_gsm8k, "gsm8k", (["train.jsonl"], ["test.jsonl"]), stop="eot"),
+    "squad": Task(parse_squad, "em", (["train-v1.1.json"], ["dev-v1.1.json"])),
+    "coqa": Task(parse_coqa, "f1", (["coqa-train-v1.0.json"], ["coqa-dev-v1.0.json"])),
+    "commonsense_qa": Task(parse_commonsense_qa, "em", (["train_rand_split.jsonl"], ["dev_rand_split.jsonl"])),
+    "piqa": Task(parse_piqa, "acc", (["train.jsonl"], ["valid.jsonl"])),
+    "hellaswag": Task(parse_hellaswag, "acc", (["hellaswag_train.jsonl"], ["hellaswag_val.jsonl"])),
+    "lambada": Task(parse_lambada, "lambada", ([], ["lambada_test.jsonl"])),
+    "webquestions": Task(parse_webquestions, "em", (["webquestions.examples.train.json"], ["webquestions.examples.test.json"])),
+    "nq_open": Task(parse_nq_open, "em", (["NQ-open.train.jsonl"], ["NQ-open.dev.jsonl"])),
+}
+# The built-in tasks, drawn from the pretraining corpus's world (data.py): the prompt is written as
+# in the corpus ("12+35=") and the answer follows with no space, ended by a newline.
+BUILTIN = {f"world:{name}": Task(None, "exact", ((), ())) for name in sorted(WORLD_TASKS)}
+# Hugging Face's split names, tried after the original file names; an evaluation split prefers
+# validation/dev, since several tasks' test splits carry no labels.
+HF_SPLITS = (["train"], ["validation", "dev", "valid", "val", "test"])
+EXTENSIONS = ["", ".gz"], [".jsonl", ".json", ".jsonl.gz", ".json.gz"]
+
+
+def get_task(name):
+    if name in TASKS:
+        return TASKS[name]
+    if name in BUILTIN:
+        return BUILTIN[name]
+    raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(list(TASKS) + list(BUILTIN))}")
+
+
+def task_file(name, path, split):
+    """The file of one split: `path` itself if it is a file, else the first of the usual names
+    (original release, then Hugging Face's split names) in path/NAME/ or path/."""
+    if os.path.isfile(path):
+        return path
+    if not os.path.isdir(path):
+        raise ValueError(f"task data {path!r} not found; download it with `python data.py task {name} --out DIR` "
+                         "and pass --data DIR")
+    original = get_task(name).files[split == "test"]
+    names = [n + gz for n in original for gz in EXTENSIONS[0]]
+    names += [s + ext for s in HF_SPLITS[split == "test"] for ext in EXTENSIONS[1]]
+    for folder in (os.path.join(path, name), path):
+        for n in names:
+            if os.path.isfile(os.path.join(folder, n)):
+                return os.path.join(folder, n)
+    raise ValueError(f"no {split} file for {name} in {path}/{name}/ or {path}/; looked for {names}"
+                     + (" (LAMBADA has only a test split: pass a training file with --data FILE)" if name == "lambada" else ""))
+
+
+def load_task(name, path=None, split="test", n=-1, seed=0):
+    """Examples of a task's split ('train' or 'test', where 'test' is the evaluation split:
+    validation/dev where the test labels are not public). Real tasks read `path` (a file, or a
+    directory holding the usual file names); built-in 'world:*' tasks are generated (n examples)."""
+    task = get_task(name)
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if name in BUILTIN:
+        examples = synthetic_task(name.split(":")[1], split, n if n > 0 else 1000, seed)
+        return [{"prompt": e["prompt"], "target": e["answer"], "answers": [e["answer"]]} for e in examples]
+    if not path:
+        raise ValueError(f"task {name!r} needs its files: --data DIR (after `python data.py task {name} --out DIR`)")
+    file = task_file(name, path, split)
+    examples = task.parse(read_records(file), file)
+    if not examples:
+        raise ValueError(f"{file}: no examples found")
+    return examples[:n] if n > 0 else examples
+
+
+# -----------------------------------------------------------------------------------------------
+# Token rows. The context is finite: when prompt + pauses + answer do not fit, the prompt is cut
+# from the left (its end, next to the question, matters most); the pauses and the answer never are.
+
+def fit_prompt(prompt_ids, room):
+    """(the last `room` tokens of the prompt, whether anything was cut)."""
+    if room < 1:
+        raise ValueError(f"the pauses and the answer leave no room for the prompt in the context ({room} "
+                         "positions); use fewer pauses, a shorter --max_new_tokens, or a longer context")
+    return (prompt_ids[-room:], True) if len(prompt_ids) > room else (prompt_ids, False)
+
+
+def delay_tokens(prompt_ids, num_pauses, pause_id, filler_id=None, where="append"):
+    """(prefix, pauses left for pause.py): the filler baseline writes filler tokens where the
+    pauses would go and asks pause.py for no pauses; otherwise pause.py appends them."""
+    if filler_id is None:
+        return prompt_ids, num_pauses
+    return pause.append_pauses(prompt_ids, num_pauses, filler_id, where).tolist(), 0
+
+
+def pad_rows(rows, pad_id):
+    """Right-pad (x, y) rows into (B, T) tensors: x with any valid id, y with IGNORE (no loss)."""
+    T = max(len(x) for x, _ in rows)
+    X = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    Y = torch.full((len(rows), T), pause.IGNORE, dtype=torch.long)
+    for i, (x, y) in enumerate(rows):
+        X[i, :len(x)], Y[i, :len(y)] = x, y
+    return X, Y
+
+
+class Context:
+    """What every step needs to know about the model: tokenizer, pause id, context, devices."""
+
+    def __init__(self, tok, block_size, vocab_size, device="cpu", rank=0, world_size=1, dtype="float32"):
+        self.tok, self.block_size, self.vocab_size = tok, block_size, vocab_size
+        self.device, self.rank, self.world_size = device, rank, world_size
+        # bf16 autocast on GPUs: matmuls in bfloat16, weights and optimizer state in float32.
+        self.autocast = lambda: (torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+                                 if dtype == "bfloat16" else nullcontext())
+        self.pause_id, self.eot_id = tok.pause_id, tok.eot_id
+        # Decoding stops at <|endoftext|> or at any token whose text holds a newline.
+        self.newline_ids = {i for i in range(tok.eot_id) if b"\n" in tok.enc.decode_single_token_bytes(i)}
+
+    def stop_ids(self, task):
+        return {self.eot_id} | (self.newline_ids if task.stop == "newline" else set())
+
+    def target_ids(self, ex, task):
+        end = [self.eot_id] if task.stop == "eot" else self.tok.encode("\n")
+        return self.tok.encode(ex["target"]) + end
+
+
+def training_rows(examples, task, ctx, num_pauses, where):
+    """(x, y) for every example via pause.finetune_example, and how many prompts were cut."""
+    rows, cut = [], 0
+    prompts = ctx.tok.encode_batch([e["prompt"] for e in examples])
+    for ex, prompt_ids in zip(examples, prompts):
+        target = ctx.target_ids(ex, task)
+        prompt_ids, was_cut = fit_prompt(prompt_ids, ctx.block_size - num_pauses - len(target) + 1)
+        cut += was_cut
+        rows.append(pause.finetune_example(prompt_ids, target, num_pauses, ctx.pause_id, where, ctx.block_size))
+    return rows, cut
+
+
+# -----------------------------------------------------------------------------------------------
+# Evaluation: multiple-choice tasks by likelihood, the others by greedy decoding. Both see the
+# prompt followed by M_inf pauses (or filler tokens), exactly as in finetuning.
+
+@torch.no_grad()
+def score_choices(model, rows, ctx, batch_size):
+    """Sum of the log-probabilities of each row's targets (y != IGNORE), in batches."""
+    out = []
+    for i in range(0, len(rows), batch_size):
+        x, y = pad_rows(rows[i:i + batch_size], ctx.eot_id)
+        x, y = x.to(ctx.device), y.to(ctx.device)
+        with ctx.autocast():
+            logits = model(x)[0]
+        # Score with the distribution the decoder uses: the vocabulary's padding ids and the pause
+        # (never a target) get no probability. Only the scored positions are normalized.
+        scored = y != pause.IGNORE
+        logits = logits[scored][:, :ctx.vocab_size].float()
+        logits[:, ctx.pause_id] = float("-inf")
+        picked = F.log_softmax(logits, dim=-1).gather(1, y[scored].unsqueeze(1)).squeeze(1)
+        per_row = torch.zeros(x.size(0), device=picked.device).index_add_(0, scored.nonzero()[:, 0], picked)
+        out += per_row.tolist()
+    return out
+
+
+def evaluate(model, examples, task, ctx, num_pauses, where="append", filler_id=None, max_new_tokens=8,
+             batch_size=64, generate=None, progress=True):
+    """Score every example; returns (mean score, per-example records, number of prompts cut).
+    Under DDP each rank takes every world_size-th example and the records are gathered."""
+    model.eval()
+    mine = list(range(ctx.rank, len(examples), ctx.world_size))
+    is_choice = task.metric == "acc" if generate is None else not generate
+    records, cut = [], 0
+    prompts = ctx.tok.encode_batch([examples[i]["prompt"] for i in mine])
+    if is_choice:
+        # acc_norm: the choice with the highest log-likelihood per character of its text.
+        rows, owners = [], []
+        for i, prompt_ids in zip(mine, prompts):
+            choices = [ctx.tok.encode(c) for c in examples[i]["choices"]]
+            prompt_ids, was_cut = fit_prompt(prompt_ids, ctx.block_size - num_pauses - max(map(len, choices)) + 1)
+            cut += was_cut
+            prefix, m = delay_tokens(prompt_ids, num_pauses, ctx.pause_id, filler_id, where)
+            for c in choices:
+                rows.append(pause.finetune_example(prefix, c, m, ctx.pause_id, where))
+                owners.append(i)
+        logp = score_choices(model, rows, ctx, batch_size)
+        k = 0
+        for i in mine:
+            ex = examples[i]
+            norm = [logp[k + j] / max(1, len(c)) for j, c in enumerate(ex["choices"])]
+            k += len(norm)
+            pred = max(range(len(norm)), key=norm.__getitem__)
+            records.append({"index": i, "prediction": pred, "label": ex["label"], "score": float(pred == ex["label"])})
+    else:
+        stop = ctx.stop_ids(task)
+        for i, prompt_ids in tqdm(list(zip(mine, prompts)), desc="decode", disable=not progress, leave=False):
+            prompt_ids, was_cut = fit_prompt(prompt_ids, ctx.block_size - num_pauses - max_new_tokens)
+            cut += was_cut
+            prefix, m = delay_tokens(prompt_ids, num_pauses, ctx.pause_id, filler_id, where)
+            with ctx.autocast():
+                new = pause.pause_generate(model, prefix, m, ctx.pause_id, max_new_tokens, where=where, stop_ids=stop)
+            prediction = ctx.tok.decode(new)
+            golds = examples[i]["answers"]
+            records.append({"index": i, "prediction": prediction, "answers": golds,
+                            "score": score_prediction(task.metric, prediction, golds),
+                            **({"f1": f1(prediction, golds), "em": exact_match(prediction, golds)}
+                               if task.metric in ("em", "f1") else {})})
+    if ctx.world_size > 1:
+        gathered = [None] * ctx.world_size
+        torch.distributed.all_gather_object(gathered, (records, cut))
+        records = sorted((r for rs, _ in gathered for r in rs), key=lambda r: r["index"])
+        cut = sum(c for _, c in gathered)
+    return 100.0 * sum(r["score"] for r in records) / len(records), records, cut
+
+
+# -----------------------------------------------------------------------------------------------
+# One finetuning run.
+
+def load_pretrained(path, device):
+    """The model, tokenizer and checkpoint dict of train.py's checkpoint; refuses one whose
+    vocabulary has no pause token (the four configurations share one vocabulary)."""
+    from train import load_checkpoint
+    if not os.path.isfile(path):
+        raise SystemExit(f"checkpoint {path!r} not found: pretrain one with `python train.py --out_dir DIR` "
+                         "(add --pause_frac 0.1 for PausePT) and pass --ckpt DIR/ckpt.pt")
+    model, tok, ckpt = load_checkpoint(path, device)
+    if ckpt.get("pause_id") is None or tok.pause_id >= model.config.vocab_size:
+        raise ValueError(f"{path}: the model's vocabulary ({model.config.vocab_size} ids) has no pause token "
+                         f"(the {tok.name} tokenizer's <|pause|> is id {tok.pause_id}); finetune.py needs a "
+                         "checkpoint written by train.py, whose vocabulary includes <|pause|>")
+    return model, tok, ckpt
+
+
+def config_name(pause_frac, num_pauses):
+    return ("PausePT" if pause_frac > 0 else "StdPT") + ("_PauseFT" if num_pauses > 0 else "_StdFT")
+
+
+def write_json(obj, path):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)  # atomic: a reader never sees half a file
+
+
+def finetune(cfg, env=None, data=None, progress=True):
+    """Finetune cfg.ckpt on cfg.task with M_ft = cfg.num_pauses and evaluate it with M_inf pauses.
+    env: (rank, world_size, device) from train.setup_ddp(); data: (train, eval) examples already
+    loaded. Returns (model, ctx, results); rank 0 writes out_dir/results.json."""
+    from train import lr_at, save_checkpoint
+    rank, world_size, device = env or (0, 1, "cuda" if torch.cuda.is_available() and cfg.device == "auto" else
+                                       "cpu" if cfg.device == "auto" else cfg.device)
+    dtype = cfg.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"--dtype must be auto, float32 or bfloat16, got {cfg.dtype!r}")
+    if cfg.batch_size % world_size:
+        raise ValueError(f"--batch_size {cfg.batch_size} must be a multiple of the {world_size} DDP ranks")
+    if cfg.where not in ("append", "prepend"):
+        raise ValueError(f"--where must be 'append' or 'prepend', got {cfg.where!r}")
+    task = get_task(cfg.task)
+    m_ft = cfg.num_pauses
+    m_inf = m_ft if cfg.num_pauses_eval < 0 else cfg.num_pauses_eval
+    torch.manual_seed(cfg.seed)
+    model, tok, ckpt = load_pretrained(cfg.ckpt, device)
+    ctx = Context(tok, model.config.block_size, model.config.vocab_size, device, rank, world_size, dtype)
+    filler_id = None
+    if cfg.filler:
+        ids = tok.encode(cfg.filler)
+        if len(ids) != 1:
+            raise ValueError(f"--filler {cfg.filler!r} must be one token of the {tok.name} tokenizer, it is {len(ids)}")
+        filler_id = ids[0]
+    if data is None:
+        eval_path = cfg.eval_data or cfg.data
+        data = (load_task(cfg.task, cfg.data, "train", cfg.n_train, seed=0),
+                load_task(cfg.task, eval_path, "test", cfg.n_eval, seed=0))
+    train_examples, eval_examples = data
+    rows, cut_train = training_rows(train_examples, task, ctx, m_ft, cfg.where)
+    # Generation needs room for the answer: by default the longest training answer and two spare tokens.
+    max_new = cfg.max_new_tokens or min(max(len(ctx.target_ids(e, task)) for e in train_examples) + 2,
+                                        ctx.block_size // 4)
+    model_ddp = model
+    if world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        model_ddp = DDP(model, device_ids=[device] if torch.device(device).type == "cuda" else None)
+    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr, device_type=torch.device(device).type)
+    name = config_name(ckpt.get("pause_frac", 0.0), m_ft)
+    master = rank == 0
+    if master:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        log = open(os.path.join(cfg.out_dir, "metrics.jsonl"), "w")
+        print(f"{name} on {cfg.task}: {len(rows)} training rows, M_ft={m_ft}, M_inf={m_inf}, "
+              f"{cfg.max_steps} steps of {cfg.batch_size}" + (f"; {cut_train} prompts cut from the left to fit "
+                                                                f"the context of {ctx.block_size}" if cut_train else ""))
+
+    # Every rank draws the same global batch from the same generator and keeps its share; the loss
+    # is the sum over the global batch's answer tokens divided by their number, so DDP's gradient
+    # average equals one process on the whole batch.
+    gen = torch.Generator().manual_seed(cfg.seed)
+    order, pos = torch.randperm(len(rows), generator=gen), 0
+    model.train()
+    t0, loss_acc, steps_acc = time.time(), 0.0, 0
+    for step in tqdm(range(cfg.max_steps), desc=name, disable=not (master and progress)):
+        if pos + cfg.batch_size > len(order):
+            order, pos = torch.randperm(len(rows), generator=gen), 0
+        batch = [rows[i] for i in order[pos:pos + cfg.batch_size].tolist()]
+        pos += cfg.batch_size
+        n_tokens = sum(int((y != pause.IGNORE).sum()) for _, y in batch)
+        x, y = pad_rows(batch[rank::world_size], ctx.eot_id)
+        x, y = x.to(device), y.to(device)
+        lr = lr_at(step, cfg.max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with ctx.autocast():
+            logits, _ = model_ddp(x)
+        loss_sum = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), y.view(-1),
+                                   ignore_index=pause.IGNORE, reduction="sum")
+        (loss_sum * world_size / n_tokens).backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_acc, steps_acc = loss_acc + loss_sum.item() / n_tokens, steps_acc + 1  # this rank's share
+        if step % cfg.log_interval == 0 or step == cfg.max_steps - 1:
+            if world_size > 1:  # the shares of all ranks add up to the global batch's loss
+                shared = torch.tensor([loss_acc], dtype=torch.float64, device=device)
+                torch.distributed.all_reduce(shared)
+                loss_acc = shared.item()
+            if master:
+                log.write(json.dumps({"step": step, "loss": loss_acc / steps_acc, "lr": lr,
+                                      "time_s": round(time.time() - t0, 2)}) + "\n")
+                log.flush()
+            loss_acc, steps_acc = 0.0, 0
+
+    value, records, cut_eval = evaluate(model, eval_examples, task, ctx, m_inf, cfg.where, filler_id,
+                                        max_new, cfg.eval_batch_size, generate=False if cfg.score_choices and
+                                        "choices" in eval_examples[0] else None, progress=master and progress)
+    results = {"task": cfg.task, "config": name + (" (prepend)" if cfg.where == "prepend" else "")
+               + (f" + filler {cfg.filler!r}" if cfg.filler else ""),
+               "num_pauses": m_ft, "num_pauses_eval": m_inf, "where": cfg.where, "filler": cfg.filler,
+               "metric": "acc" if "label" in records[0] else task.metric, "value": value,
+               "num_examples": len(records), "seed": cfg.seed, "pause_frac": ckpt.get("pause_frac", 0.0),
+               "ckpt": cfg.ckpt, "train_examples": len(rows), "steps": cfg.max_steps,
+               "truncated_train": cut_train, "truncated_eval": cut_eval, "max_new_tokens": max_new,
+               "finetune_time_s": round(time.time() - t0, 1)}
+    for extra in ("em", "f1"):
+        if extra in records[0]:
+            results[extra] = 100.0 * sum(r[extra] for r in records) / len(records)
+    if master:
+        log.write(json.dumps({"eval": results}) + "\n")
+        log.close()
+        with open(os.path.join(cfg.out_dir, "predictions.jsonl"), "w") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        write_json(results, os.path.join(cfg.out_dir, "results.json"))
+        if cfg.save:
+            save_checkpoint({"model": model.state_dict(), "model_config": asdict(model.config),
+                             "tokenizer": tok.name, "pause_id": tok.pause_id,
+                             "pause_frac": ckpt.get("pause_frac", 0.0), "finetune_config": asdict(cfg)},
+                            os.path.join(cfg.out_dir, "ckpt.pt"))
+        if cut_eval:
+            print(f"note: {cut_eval} of {len(records)} evaluation prompts were cut from the left to fit the context")
+    return model, ctx, results
+
+
+# -----------------------------------------------------------------------------------------------
+# The four configurations, over several seeds, with the paper's ablations.
+
+def pretrain(cfg, pause_frac):
+    """A checkpoint pretrained on the built-in corpus by train.py (reused if already there)."""
+    from train import TrainConfig, load_checkpoint, train
+    out = os.path.join(cfg.out_dir, "pretrain_pause" if pause_frac > 0 else "pretrain_std")
+    path = os.path.join(out, "ckpt.pt")
+    if os.path.isfile(path):
+        ckpt = load_checkpoint(path, "cpu")[2]
+        if ckpt.get("pause_frac", 0.0) == pause_frac and (not cfg.pretrain_steps or ckpt["step"] >= cfg.pretrain_steps):
+            print(f"reusing {path} (pause_frac {pause_frac})")
+            return path
+    overrides = {"max_steps": cfg.pretrain_steps} if cfg.pretrain_steps else {}
+    t0 = time.time()
+    path = train(TrainConfig(out_dir=out, pause_frac=pause_frac, device=cfg.device, **overrides))
+    print(f"pretrained {path} (pause_frac {pause_frac}) in {time.time() - t0:.0f} s")
+    return path
+
+
+def summarize(runs):
+    """Group runs by configuration and evaluation setting: mean and std over seeds."""
+    groups = {}
+    for r in runs:
+        key = (r["config"], r["num_pauses"], r["num_pauses_eval"])
+        groups.setdefault(key, []).append(r["value"])
+    rows = []
+    for (config, m_ft, m_inf), values in groups.items():
+        rows.append({"config": config, "num_pauses": m_ft, "num_pauses_eval": m_inf, "values": values,
+                     "mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0})
+    return rows
+
+
+def markdown_table(rows, task, metric):
+    lines = [f"| configuration | M_ft | M_inf | {task} {metric} (mean ± std) | per seed |",
+             "| --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['config']} | {r['num_pauses']} | {r['num_pauses_eval']} | {r['mean']:.1f} ± {r['std']:.1f} "
+                     f"| {', '.join(f'{v:.1f}' for v in r['values'])} |")
+    return "\n".join(lines)
+
+
+def compare(cfg, env=None):
+    """StdPT_StdFT, StdPT_PauseFT, PausePT_StdFT and PausePT_PauseFT on cfg.task over cfg.seeds seeds,
+    plus the ablations asked for. Returns {'rows', 'runs', 'table', ...}; writes out_dir/compare.json."""
+    if cfg.num_pauses < 1:
+        raise ValueError("--compare needs --num_pauses >= 1 (M_ft of the PauseFT configurations)")
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    t0 = time.time()
+    ckpts = {"StdPT": cfg.std_ckpt or pretrain(cfg, 0.0), "PausePT": cfg.pause_ckpt or pretrain(cfg, cfg.pretrain_pause_frac)}
+    data = (load_task(cfg.task, cfg.data, "train", cfg.n_train, seed=0),
+            load_task(cfg.task, cfg.eval_data or cfg.data, "test", cfg.n_eval, seed=0))
+    m = cfg.num_pauses
+    plan = [("StdPT", 0, "append"), ("StdPT", m, "append"), ("PausePT", 0, "append"), ("PausePT", m, "append")]
+    if cfg.where == "prepend":  # the paper's ablation: pauses before the prompt, beside the appended rows
+        plan += [("StdPT", m, "prepend"), ("PausePT", m, "prepend")]
+    runs = []
+    for s in range(cfg.seeds):
+        for pt, m_ft, where in plan:
+            run_cfg = replace(cfg, ckpt=ckpts[pt], num_pauses=m_ft, num_pauses_eval=-1, where=where, filler="",
+                              seed=cfg.seed + s, compare=False,
+                              out_dir=os.path.join(cfg.out_dir, f"{pt}_{'PauseFT' if m_ft else 'StdFT'}_{where}_seed{cfg.seed + s}"))
+            model, ctx, res = finetune(run_cfg, env, data, progress=False)
+            runs.append(res)
+            print(f"seed {cfg.seed + s}  {res['config']:28s} M_ft={m_ft:<3d} M_inf={m_ft:<3d} {res['metric']} {res['value']:.1f}"
+                  f"   ({time.time() - t0:.0f} s)")
+            task, max_new = get_task(cfg.task), res["max_new_tokens"]
+            extra = []  # evaluation-only ablations of this finetuned model
+            if cfg.minf_sweep and m_ft > 0 and where == "append":
+                extra += [(m_inf, None) for m_inf in sorted({0, m // 2, (3 * m) // 2, 2 * m})]
+            if cfg.filler_baseline and pt == "StdPT" and m_ft == 0:
+                extra.append((m, ctx.tok.encode(".")[0]))
+            for m_inf, filler_id in extra:
+                value = evaluate(model, data[1], task, ctx, m_inf, where, filler_id, max_new, cfg.eval_batch_size,
+                                 generate=False if cfg.score_choices and "choices" in data[1][0] else None,
+                                 progress=False)[0]
+                runs.append({**res, "num_pauses_eval": m_inf, "value": value, "filler": "." if filler_id else "",
+                             "config": res["config"] + (" + filler '.'" if filler_id else "")})
+                print(f"seed {cfg.seed + s}  {runs[-1]['config']:28s} M_ft={m_ft:<3d} M_inf={m_inf:<3d} "
+                      f"{res['metric']} {value:.1f}")
+    rows = sorted(summarize(runs), key=lambda r: (r["config"], r["num_pauses_eval"]))
+    table = markdown_table(rows, cfg.task, runs[0]["metric"])
+    result = {"task": cfg.task, "seeds": cfg.seeds, "ckpts": ckpts, "rows": rows, "runs": runs, "table": table,
+              "wall_time_s": round(time.time() - t0, 1), "config": asdict(cfg)}
+    if env is None or env[0] == 0:
+        write_json(result, os.path.join(cfg.out_dir, "compare.json"))
+        print(table)
+        print(f"wall time {result['wall_time_s']:.0f} s; written to {os.path.join(cfg.out_dir, 'compare.json')}")
+    return result
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in fields(FinetuneConfig):
+        if f.type is bool or f.type == "bool":
+            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            kind = {"int": int, "float": float, "str": str}.get(f.type, f.type)
+            parser.add_argument(f"--{f.name}", type=kind, default=f.default)
+    cfg = FinetuneConfig(**vars(parser.parse_args(argv)))
+    if cfg.num_pauses < 0 or cfg.num_pauses_eval < -1:
+        parser.error("--num_pauses must be >= 0 and --num_pauses_eval >= 0 (or -1 for M_inf = M_ft)")
+    if not cfg.compare and not cfg.ckpt:
+        parser.error("--ckpt is required (a train.py checkpoint), or use --compare")
+    return cfg
+
+
+def main(argv=None):
+    from train import cleanup_ddp, setup_ddp
+    cfg = parse_args(argv)
+    get_task(cfg.task)  # an unknown task fails before any work
+    rank, _, world_size, device = setup_ddp(cfg.device)
+    try:
+        if cfg.compare:
+            compare(cfg, (rank, world_size, device))
+        else:
+            results = finetune(cfg, (rank, world_size, device))[2]
+            if rank == 0:
+                print(json.dumps(results, indent=2))
+    finally:
+        cleanup_ddp()
+
+
+if __name__ == "__main__":
+    main()
