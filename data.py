@@ -16,7 +16,6 @@ import multiprocessing
 import os
 import random
 import shutil
-import sys
 import urllib.request
 import zlib
 from collections import Counter, deque
@@ -287,10 +286,12 @@ def _open_text(path):
 
 
 def iter_documents(path, stats, chunk_chars=1 << 22):
-    """Yield the documents of one input file. .jsonl / .json.gz: one JSON object a line, its `text`
-    field (C4's format). .txt: the whole file is one document, read in pieces of about chunk_chars
-    cut only where a line ends in a non-space character and the next starts with one: GPT-2's
-    pre-tokenizer never joins tokens across such a newline, so the tokens equal a whole-file encode."""
+    """The documents of one input file. .jsonl / .json.gz: one JSON object a line, its `text` field
+    (C4's format), yielded as strings; a line that does not parse is named, counted and skipped.
+    .txt: the whole file is one document, yielded as (piece, more_follows) pieces of about
+    chunk_chars, cut only where a line ends in a non-space character and the next starts with one:
+    GPT-2's pre-tokenizer never joins tokens across such a newline, so the pieces' tokens equal
+    the whole file's."""
     path = str(path)
     if path.endswith((".jsonl", ".json.gz", ".jsonl.gz")):
         with _open_text(path) as f:

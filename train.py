@@ -256,8 +256,8 @@ def _train(cfg, rank, world_size, device, master):
                     losses[i] = raw_model(x, y)[1]
             loss = losses.mean()
             if world_size > 1:
-                dist.all_reduce(loss, op=dist.ReduceOp.AVG)
-            out[key] = loss.item()
+                dist.all_reduce(loss)  # a sum (gloo has no average), divided below
+            out[key] = loss.item() / world_size
         model.train()
         return out
 
@@ -339,9 +339,11 @@ def _train(cfg, rank, world_size, device, master):
                     tqdm.write(f"step {step}: loss {loss_avg:.4f}, val_loss {row['val_loss']:.4f}"
                                + (f", val_loss_nopause {row['val_loss_nopause']:.4f}" if "val_loss_nopause" in row else ""))
             step_loss.zero_()
-            pauses_since_log, steps_since_log, t0 = 0, 0, time.time()
+            pauses_since_log, steps_since_log = 0, 0
         if do_ckpt and master:
             checkpoint(loader_state)
+        if steps_since_log == 0:
+            t0 = time.time()  # tokens/s counts training only, not evaluation or checkpoints
     bar.close()
     if master:
         log.close()
