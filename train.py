@@ -221,7 +221,7 @@ def _train(cfg, rank, world_size, device, master):
         loader.load_state_dict(ckpt["loader"])
         step, tokens_seen, real_tokens_seen = ckpt["step"], ckpt["tokens_seen"], ckpt["real_tokens_seen"]
         if master:
-            torch.set_rng_state(ckpt["rng"]["torch"])  # other ranks keep their own seeds (dropout only)
+            torch.set_rng_state(ckpt["rng"]["torch"].cpu())  # other ranks keep their own seeds (dropout only)
             if device_type == "cuda" and ckpt["rng"].get("cuda") is not None:
                 torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu(), device)
             # Drop log lines written after the checkpoint (a run killed later), so each step appears once.
@@ -238,7 +238,7 @@ def _train(cfg, rank, world_size, device, master):
     if cfg.compile:
         model = torch.compile(model)
     if world_size > 1:
-        model = DDP(model, device_ids=[device] if device_type == "cuda" else None)
+        model = DDP(model, device_ids=[torch.device(device).index] if device_type == "cuda" else None)
     peak = cfg.peak_flops or peak_flops_of(device)
 
     @torch.no_grad()
