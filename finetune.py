@@ -31,18 +31,18 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import pause
-from data import WORLD_TASKS, synthetic_task
+from data import TASK_ALIASES, WORLD_TASKS, synthetic_task
 
 
 @dataclass
 class FinetuneConfig:
     # what to finetune, on which task
     ckpt: str = ""                # a pretrained checkpoint (train.py's out_dir/ckpt.pt)
-    task: str = "world:add"       # one of the nine (see TASKS) or a built-in 'world:add|chain|story'
+    task: str = "world:chain"     # one of the nine (see TASKS) or a built-in 'world:add|chain|story'
     data: str = ""                # real tasks: a directory (DIR/NAME/ as downloaded) or the training file
     eval_data: str = ""           # the evaluation file, when --data names a file
     n_train: int = 4000           # training examples (built-in: generated; real: the first n; -1: all)
-    n_eval: int = 300             # evaluation examples (-1: all)
+    n_eval: int = 200             # evaluation examples (-1: all)
     out_dir: str = "out_finetune"
     # the paper's knobs
     num_pauses: int = 10          # M_ft; 0 is standard finetuning (StdFT)
@@ -51,7 +51,7 @@ class FinetuneConfig:
     filler: str = ""              # evaluate with this token (e.g. '.') instead of pauses: filler baseline
     score_choices: bool = False   # score every multiple-choice task by likelihood (CommonSenseQA too)
     # optimization: AdamW, linear warmup then cosine decay (train.lr_at)
-    max_steps: int = 300
+    max_steps: int = 250
     batch_size: int = 32          # global batch, split across DDP ranks
     lr: float = 1e-3
     min_lr: float = 1e-4
@@ -412,6 +412,7 @@ EXTENSIONS = ["", ".gz"], [".jsonl", ".json", ".jsonl.gz", ".json.gz"]
 
 
 def get_task(name):
+    name = TASK_ALIASES.get(name, name)  # csqa, commonsenseqa, nq, as data.py's download accepts
     if name in TASKS:
         return TASKS[name]
     if name in BUILTIN:
@@ -424,6 +425,7 @@ def task_file(name, path, split):
     (original release, then Hugging Face's split names) in path/NAME/ or path/."""
     if os.path.isfile(path):
         return path
+    name = TASK_ALIASES.get(name, name)
     if not os.path.isdir(path):
         raise ValueError(f"task data {path!r} not found; download it with `python data.py task {name} --out DIR` "
                          "and pass --data DIR")
@@ -442,7 +444,7 @@ def load_task(name, path=None, split="test", n=-1, seed=0):
     """Examples of a task's split ('train' or 'test', where 'test' is the evaluation split:
     validation/dev where the test labels are not public). Real tasks read `path` (a file, or a
     directory holding the usual file names); built-in 'world:*' tasks are generated (n examples)."""
-    task = get_task(name)
+    task, name = get_task(name), TASK_ALIASES.get(name, name)
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if name in BUILTIN:
@@ -544,6 +546,13 @@ def score_choices(model, rows, ctx, batch_size):
     return out
 
 
+def answer_loss(records):
+    """Mean teacher-forced loss per gold-answer token (generation tasks), or None."""
+    if "answer_nll" not in records[0]:
+        return None
+    return sum(r["answer_nll"] for r in records) / sum(r["answer_tokens"] for r in records)
+
+
 def evaluate(model, examples, task, ctx, num_pauses, where="append", filler_id=None, max_new_tokens=8,
              batch_size=64, generate=None, progress=True):
     """Score every example; returns (mean score, per-example records, number of prompts cut).
@@ -586,6 +595,16 @@ def evaluate(model, examples, task, ctx, num_pauses, where="append", filler_id=N
                             "score": score_prediction(task.metric, prediction, golds),
                             **({"f1": f1(prediction, golds), "em": exact_match(prediction, golds)}
                                if task.metric in ("em", "f1") else {})})
+        # The teacher-forced loss of the gold answer, in nats per answer token: a smooth measure that
+        # still separates configurations when a small model gets few answers exactly right.
+        rows = []
+        for i, prompt_ids in zip(mine, prompts):
+            target = ctx.target_ids(examples[i], task)
+            prompt_ids, _ = fit_prompt(prompt_ids, ctx.block_size - num_pauses - len(target) + 1)
+            prefix, m = delay_tokens(prompt_ids, num_pauses, ctx.pause_id, filler_id, where)
+            rows.append(pause.finetune_example(prefix, target, m, ctx.pause_id, where))
+        for rec, logp, (_, y) in zip(records, score_choices(model, rows, ctx, batch_size), rows):
+            rec["answer_nll"], rec["answer_tokens"] = -logp, int((y != pause.IGNORE).sum())
     if ctx.world_size > 1:
         gathered = [None] * ctx.world_size
         torch.distributed.all_gather_object(gathered, (records, cut))
@@ -720,6 +739,7 @@ def finetune(cfg, env=None, data=None, progress=True):
                + (f" + filler {cfg.filler!r}" if cfg.filler else ""),
                "num_pauses": m_ft, "num_pauses_eval": m_inf, "where": cfg.where, "filler": cfg.filler,
                "metric": "acc" if "label" in records[0] else task.metric, "value": value,
+               "answer_loss": answer_loss(records),
                "num_examples": len(records), "seed": cfg.seed, "pause_frac": ckpt.get("pause_frac", 0.0),
                "ckpt": cfg.ckpt, "train_examples": len(rows), "steps": cfg.max_steps,
                "truncated_train": cut_train, "truncated_eval": cut_eval, "max_new_tokens": max_new,
@@ -767,21 +787,28 @@ def summarize(runs):
     """Group runs by configuration and evaluation setting: mean and std over seeds."""
     groups = {}
     for r in runs:
-        key = (r["config"], r["num_pauses"], r["num_pauses_eval"])
-        groups.setdefault(key, []).append(r["value"])
+        groups.setdefault((r["config"], r["num_pauses"], r["num_pauses_eval"]), []).append(r)
     rows = []
-    for (config, m_ft, m_inf), values in groups.items():
-        rows.append({"config": config, "num_pauses": m_ft, "num_pauses_eval": m_inf, "values": values,
-                     "mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0})
+    for (config, m_ft, m_inf), group in groups.items():
+        values = [r["value"] for r in group]
+        row = {"config": config, "num_pauses": m_ft, "num_pauses_eval": m_inf, "values": values,
+               "mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+        if group[0].get("answer_loss") is not None:
+            losses = [r["answer_loss"] for r in group]
+            row.update(loss_mean=statistics.mean(losses), loss_std=statistics.stdev(losses) if len(losses) > 1 else 0.0)
+        rows.append(row)
     return rows
 
 
 def markdown_table(rows, task, metric):
-    lines = [f"| configuration | M_ft | M_inf | {task} {metric} (mean ± std) | per seed |",
-             "| --- | --- | --- | --- | --- |"]
+    has_loss = "loss_mean" in rows[0]
+    lines = [f"| configuration | M_ft | M_inf | {task} {metric} % (mean ± std) | per seed |"
+             + (" answer loss, nats/token |" if has_loss else ""),
+             "| --- | --- | --- | --- | --- |" + (" --- |" if has_loss else "")]
     for r in rows:
         lines.append(f"| {r['config']} | {r['num_pauses']} | {r['num_pauses_eval']} | {r['mean']:.1f} ± {r['std']:.1f} "
-                     f"| {', '.join(f'{v:.1f}' for v in r['values'])} |")
+                     f"| {', '.join(f'{v:.1f}' for v in r['values'])} |"
+                     + (f" {r['loss_mean']:.3f} ± {r['loss_std']:.3f} |" if has_loss else ""))
     return "\n".join(lines)
 
 
@@ -808,7 +835,7 @@ def compare(cfg, env=None):
             model, ctx, res = finetune(run_cfg, env, data, progress=False)
             runs.append(res)
             print(f"seed {cfg.seed + s}  {res['config']:28s} M_ft={m_ft:<3d} M_inf={m_ft:<3d} {res['metric']} {res['value']:.1f}"
-                  f"   ({time.time() - t0:.0f} s)")
+                  f"  answer loss {res['answer_loss'] or float('nan'):.3f}   ({time.time() - t0:.0f} s)")
             task, max_new = get_task(cfg.task), res["max_new_tokens"]
             extra = []  # evaluation-only ablations of this finetuned model
             if cfg.minf_sweep and m_ft > 0 and where == "append":
@@ -816,10 +843,11 @@ def compare(cfg, env=None):
             if cfg.filler_baseline and pt == "StdPT" and m_ft == 0:
                 extra.append((m, ctx.tok.encode(".")[0]))
             for m_inf, filler_id in extra:
-                value = evaluate(model, data[1], task, ctx, m_inf, where, filler_id, max_new, cfg.eval_batch_size,
-                                 generate=False if cfg.score_choices and "choices" in data[1][0] else None,
-                                 progress=False)[0]
-                runs.append({**res, "num_pauses_eval": m_inf, "value": value, "filler": "." if filler_id else "",
+                value, records, _ = evaluate(model, data[1], task, ctx, m_inf, where, filler_id, max_new,
+                                             cfg.eval_batch_size, progress=False,
+                                             generate=False if cfg.score_choices and "choices" in data[1][0] else None)
+                runs.append({**res, "num_pauses_eval": m_inf, "value": value, "answer_loss": answer_loss(records),
+                             "filler": "." if filler_id else "",
                              "config": res["config"] + (" + filler '.'" if filler_id else "")})
                 print(f"seed {cfg.seed + s}  {runs[-1]['config']:28s} M_ft={m_ft:<3d} M_inf={m_inf:<3d} "
                       f"{res['metric']} {value:.1f}")
@@ -845,6 +873,10 @@ def parse_args(argv=None):
     cfg = FinetuneConfig(**vars(parser.parse_args(argv)))
     if cfg.num_pauses < 0 or cfg.num_pauses_eval < -1:
         parser.error("--num_pauses must be >= 0 and --num_pauses_eval >= 0 (or -1 for M_inf = M_ft)")
+    if cfg.where not in ("append", "prepend"):
+        parser.error(f"--where must be append or prepend, got {cfg.where!r}")
+    if cfg.seeds < 1 or cfg.batch_size < 1 or cfg.max_steps < 0:
+        parser.error("--seeds and --batch_size must be >= 1 and --max_steps >= 0")
     if not cfg.compare and not cfg.ckpt:
         parser.error("--ckpt is required (a train.py checkpoint), or use --compare")
     return cfg

@@ -143,6 +143,13 @@ def test_pause_inference_equals_plain_greedy_decoding(digit_model, num_pauses, w
                 break
             new.append(nxt)
         assert P not in new
+        # the gold answer's teacher-forced loss, with room kept for the answer instead of new tokens
+        target = list(b"15\n")
+        prompt = list(ex["prompt"].encode())[-(64 - num_pauses - len(target) + 1):]
+        seq = prompt + delay if where == "append" else delay + prompt
+        logp = plain_log_probs(model, seq + target[:-1])
+        nll = -sum(logp[len(seq) - 1 + k, t].item() for k, t in enumerate(target))
+        assert rec["answer_nll"] == pytest.approx(nll, abs=1e-4) and rec["answer_tokens"] == 3
         assert rec["prediction"] == TOK.decode(new)
         assert rec["score"] == float(TOK.decode(new).strip() == "15")
     assert any(r["prediction"] for r in records)

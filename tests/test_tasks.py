@@ -7,6 +7,8 @@ from decimal import Decimal
 
 import pytest
 
+from data import TASK_FILES
+
 from finetune import (BUILTIN, TASKS, exact_match, f1, gsm8k_correct, gsm8k_gold, lambada_correct, last_number,
                       load_task, normalize_answer, task_file)
 
@@ -242,6 +244,17 @@ def test_nq_open(tmp_path):
     write_jsonl(tmp_path / "hf" / "nq_open" / "test.jsonl", rows)
     assert task_file("nq_open", str(tmp_path / "hf"), "train").endswith("nq_open/train.jsonl")
     assert task_file("nq_open", str(tmp_path / "hf"), "test").endswith("nq_open/validation.jsonl")
+
+
+def test_downloaded_file_names_are_the_ones_load_task_reads(tmp_path):
+    # `python data.py task NAME --out DIR` writes DIR/NAME/<these names>; load_task must find them.
+    for name, files in TASK_FILES.items():
+        for fname in files:
+            fname = fname.removesuffix(".bz2")  # decompressed after the download
+            if not fname.endswith(".lst"):
+                assert fname in TASKS[name].files[0] + TASKS[name].files[1], (name, fname)
+    write_jsonl(tmp_path / "commonsense_qa" / "dev_rand_split.jsonl", [])  # found through data.py's alias
+    assert task_file("csqa", str(tmp_path), "test").endswith("commonsense_qa/dev_rand_split.jsonl")
 
 
 def test_builtin_tasks_train_and_test_never_overlap():
