@@ -851,7 +851,12 @@ def compare(cfg, env=None):
                              "config": res["config"] + (" + filler '.'" if filler_id else "")})
                 print(f"seed {cfg.seed + s}  {runs[-1]['config']:28s} M_ft={m_ft:<3d} M_inf={m_inf:<3d} "
                       f"{res['metric']} {value:.1f}")
-    rows = sorted(summarize(runs), key=lambda r: (r["config"], r["num_pauses_eval"]))
+    # The paper's order (StdPT_StdFT, StdPT_PauseFT, PausePT_StdFT, PausePT_PauseFT), each ablation row
+    # after the model it evaluates, M_inf ascending.
+    first = {}
+    for r in runs:
+        first.setdefault(r["config"], len(first))
+    rows = sorted(summarize(runs), key=lambda r: (first[r["config"]], r["num_pauses_eval"]))
     table = markdown_table(rows, cfg.task, runs[0]["metric"])
     result = {"task": cfg.task, "seeds": cfg.seeds, "ckpts": ckpts, "rows": rows, "runs": runs, "table": table,
               "wall_time_s": round(time.time() - t0, 1), "config": asdict(cfg)}

@@ -223,6 +223,9 @@ def test_compare_runs_the_four_configurations_and_the_ablations(tmp_path, capsys
     assert json.load(open(tmp_path / "cmp" / "compare.json"))["table"] == result["table"]
     assert result["table"] in capsys.readouterr().out
     assert len(result["table"].splitlines()) == 2 + len(got)
+    order = [r["config"] for r in result["rows"]]
+    assert order.index("StdPT_StdFT") < order.index("StdPT_PauseFT") < order.index("PausePT_StdFT") \
+        < order.index("PausePT_PauseFT")
 
 
 # ----------------------------------------------------------------------------------------------
