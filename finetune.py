@@ -15,7 +15,6 @@ and out_dir/results.json. Task values are percentages.
 import argparse
 import gzip
 import json
-import math
 import os
 import re
 import statistics
