@@ -281,7 +281,7 @@ def run_job(args):
 
     if kind == "deeper":
         add(f"StdPT_StdFT, {n_layer} layers (equal FLOPs)", finetune(base, cfg, 0, seed), 0, 0)
-        return rows
+        return [dict(r, job_s=round(time.time() - t0, 1)) for r in rows]
     std_ft = finetune(base, cfg, 0, seed)
     add(f"{pt}_StdFT", std_ft, 0, 0)
     pause_ft = finetune(base, cfg, M, seed)
@@ -296,9 +296,7 @@ def run_job(args):
         add("StdPT_StdFT, '.' x M_ft at inference", std_ft, 0, M, filler=".", filler_id=DOT)
         add("StdPT_FillerFT ('.' instead of pauses)", finetune(base, cfg, M, seed, filler_id=DOT), M, M,
             filler=".", filler_id=DOT)
-    for r in rows:
-        r["job_s"] = round(time.time() - t0, 1)
-    return rows
+    return [dict(r, job_s=round(time.time() - t0, 1)) for r in rows]
 
 
 # ----------------------------------------------------------------------------- statistics and report
@@ -368,8 +366,9 @@ def experiment(cfg):
         cfg = replace(cfg, pt_steps=20, ft_steps=10, n_eval=50, batch_size=16, seeds=min(cfg.seeds, 2))
     if cfg.device == "auto":
         cfg = replace(cfg, device="cuda" if torch.cuda.is_available() else "cpu")
-    kinds = (["deeper"] if cfg.eqflops else []) + ["StdPT", "PausePT"]  # the longest jobs first
-    jobs = [(cfg, kind, cfg.seed + s) for kind in kinds for s in range(cfg.seeds)]
+    # seed by seed, so that a run cut short still holds whole seeds; the longest job of each first
+    kinds = (["deeper"] if cfg.eqflops else []) + ["PausePT", "StdPT"]
+    jobs = [(cfg, kind, cfg.seed + s) for s in range(cfg.seeds) for kind in kinds]
     workers = cfg.workers or (8 if cfg.device.startswith("cuda") else os.cpu_count() or 1)
     workers = min(workers, len(jobs))
     os.makedirs(cfg.out_dir, exist_ok=True)
