@@ -345,8 +345,8 @@ def minf_chart(lines, M_ft):
 
 def significance(lines, a="PausePT_PauseFT", b="StdPT_StdFT"):
     pick = {s["name"]: s for s in lines}
-    if a not in pick or b not in pick or len(pick[a]["acc"]) < 2:
-        return None
+    if a not in pick or b not in pick or min(len(pick[a]["acc"]), len(pick[b]["acc"])) < 2:
+        return None  # Welch's t needs two seeds of each
     t, dof = welch(pick[a]["acc"], pick[b]["acc"])
     diff = pick[a]["mean"] - pick[b]["mean"]
     pooled = math.sqrt((pick[a]["std"] ** 2 + pick[b]["std"] ** 2) / 2)
