@@ -37,7 +37,7 @@ PRESETS = {
     "tiny": dict(n_layer=4, n_head=4, n_embd=128, block_size=256),
     # GPT-2 small's shape (12 x 768) with the paper's 2048 context: about 126M parameters.
     "130m": dict(n_layer=12, n_head=12, n_embd=768, block_size=2048),
-    # About 1.0B parameters. The paper says only that the pause embedding adds 1024 parameters,
+    # About 1.0B parameters. The paper says only that its one added token embedding has 1024 numbers,
     # which hints at d_model 1024; a plain GPT that wide needs ~76 layers to reach 1B, an unusual
     # shape that keeps matmuls small (poor GPU efficiency). We take the common 1B shape instead:
     # d_model 2048, 18 layers, 16 heads of 128, i.e. 50.3M parameters per block x 18 + 107M embeddings.
