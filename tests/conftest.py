@@ -2,6 +2,9 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -9,3 +12,12 @@ sys.path.insert(0, str(ROOT))
 _cache = ROOT.parent / "shared" / "tiktoken_cache"
 if "TIKTOKEN_CACHE_DIR" not in os.environ and _cache.is_dir():
     os.environ["TIKTOKEN_CACHE_DIR"] = str(_cache)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from threads, and the test machine's cores are shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -22,13 +22,7 @@ TOK = get_tokenizer("byte")
 P = TOK.pause_id
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models gain nothing from threads, and the test machine's cores are shared.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny_model(seed=0, block_size=64, vocab_size=TOK.vocab_size):

@@ -19,12 +19,7 @@ FLAGS = ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "3
          "--builtin_docs", "200", "--eval_iters", "2", "--lr", "3e-3", "--min_lr", "3e-4", "--warmup_steps", "2"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def metrics(out_dir):
