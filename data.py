@@ -464,11 +464,12 @@ class PretrainLoader:
         self._orders = {}
 
     def _epoch_order(self):
+        """The epoch's shard order and the cumulative window counts along it (computed once an epoch)."""
         if self.epoch not in self._orders:
-            self._orders = {self.epoch: np.random.default_rng(_seed(self.seed, self.epoch)).permutation(len(self.shards))}
+            order = np.random.default_rng(_seed(self.seed, self.epoch)).permutation(len(self.shards))
+            self._orders = {self.epoch: (order, np.cumsum(self.windows[order]))}
             self._perms = {}
-        order = self._orders[self.epoch]
-        return order, np.cumsum(self.windows[order])
+        return self._orders[self.epoch]
 
     def _window(self, i):
         """Tokens of the epoch's i-th window."""
