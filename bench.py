@@ -14,7 +14,6 @@ Each target is a ratio or a share taken within this one run, printed with PASS/F
 """
 import argparse
 import gc
-import json
 import math
 import os
 import platform
@@ -29,6 +28,7 @@ from tqdm import tqdm
 import pause
 from data import PretrainLoader, to_device
 from model import GPT, PRESETS, config_from_preset
+from train import write_json
 
 # The bench needs only the vocabulary's size and the pause id of each tokenizer (data.get_tokenizer),
 # not its merge files: a GPU machine without internet cannot download GPT-2's. tests/test_bench.py
@@ -451,12 +451,6 @@ def bench(cfg):
     figures["checks"] = checks(cfg, figures, device_name)
     return figures
 
-
-def write_json(figures, path):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(figures, f, indent=2)
-    os.replace(tmp, path)  # a reader never sees half a file
 
 
 def main(argv=None):

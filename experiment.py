@@ -25,7 +25,6 @@ and PausePT inserts M_pt = pause_frac * (block_size + 1) random pauses into ever
 """
 import argparse
 import copy
-import json
 import math
 import multiprocessing as mp
 import os
@@ -40,7 +39,7 @@ from tqdm import tqdm
 import pause
 from data import get_tokenizer, world_split
 from model import GPT, GPTConfig
-from train import lr_at
+from train import lr_at, write_json
 
 TOK = get_tokenizer("byte")
 EOT, PAUSE_ID, DOT = TOK.eot_id, TOK.pause_id, TOK.encode(".")[0]
@@ -353,12 +352,6 @@ def significance(lines, a="PausePT_PauseFT", b="StdPT_StdFT"):
     in_std = diff / pooled if pooled else (math.copysign(math.inf, diff) if diff else 0.0)
     return dict(a=a, b=b, diff=diff, welch_t=t, dof=dof, diff_in_std=in_std)
 
-
-def write_json(obj, path):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)  # atomic: a reader never sees half a file
 
 
 def experiment(cfg):

@@ -31,6 +31,8 @@ from tqdm import tqdm
 
 import pause
 from data import TASK_ALIASES, WORLD_TASKS, synthetic_task
+from train import (TrainConfig, cleanup_ddp, load_checkpoint, lr_at, save_checkpoint, setup_ddp, train,
+                   write_json)
 
 
 @dataclass
@@ -618,7 +620,6 @@ def evaluate(model, examples, task, ctx, num_pauses, where="append", filler_id=N
 def load_pretrained(path, device):
     """The model, tokenizer and checkpoint dict of train.py's checkpoint; refuses one whose
     vocabulary has no pause token (the four configurations share one vocabulary)."""
-    from train import load_checkpoint
     if not os.path.isfile(path):
         raise SystemExit(f"checkpoint {path!r} not found: pretrain one with `python train.py --out_dir DIR` "
                          "(add --pause_frac 0.1 for PausePT) and pass --ckpt DIR/ckpt.pt")
@@ -634,18 +635,11 @@ def config_name(pause_frac, num_pauses):
     return ("PausePT" if pause_frac > 0 else "StdPT") + ("_PauseFT" if num_pauses > 0 else "_StdFT")
 
 
-def write_json(obj, path):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)  # atomic: a reader never sees half a file
-
 
 def finetune(cfg, env=None, data=None, progress=True):
     """Finetune cfg.ckpt on cfg.task with M_ft = cfg.num_pauses and evaluate it with M_inf pauses.
     env: (rank, world_size, device) from train.setup_ddp(); data: (train, eval) examples already
     loaded. Returns (model, ctx, results); rank 0 writes out_dir/results.json."""
-    from train import lr_at, save_checkpoint
     rank, world_size, device = env or (0, 1, "cuda" if torch.cuda.is_available() and cfg.device == "auto" else
                                        "cpu" if cfg.device == "auto" else cfg.device)
     dtype = cfg.dtype
@@ -767,7 +761,6 @@ def finetune(cfg, env=None, data=None, progress=True):
 
 def pretrain(cfg, pause_frac):
     """A checkpoint pretrained on the built-in corpus by train.py (reused if already there)."""
-    from train import TrainConfig, load_checkpoint, train
     out = os.path.join(cfg.out_dir, "pretrain_pause" if pause_frac > 0 else "pretrain_std")
     path = os.path.join(out, "ckpt.pt")
     if os.path.isfile(path):
@@ -887,7 +880,6 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    from train import cleanup_ddp, setup_ddp
     cfg = parse_args(argv)
     get_task(cfg.task)  # an unknown task fails before any work
     rank, _, world_size, device = setup_ddp(cfg.device)

@@ -109,6 +109,14 @@ def save_checkpoint(obj, path):
     os.replace(tmp, path)
 
 
+def write_json(obj, path):
+    """Write JSON atomically, like save_checkpoint: a reader never sees half a file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
 def load_checkpoint(path, device="cpu"):
     """(model, tokenizer, checkpoint dict) from a ckpt.pt written by train.py."""
     if not os.path.isfile(path):
