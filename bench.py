@@ -28,7 +28,7 @@ from tqdm import tqdm
 import pause
 from data import PretrainLoader, to_device
 from model import GPT, PRESETS, config_from_preset
-from train import write_json
+from common import write_json
 
 # The bench needs only the vocabulary's size and the pause id of each tokenizer (data.get_tokenizer),
 # not its merge files: a GPU machine without internet cannot download GPT-2's. tests/test_bench.py

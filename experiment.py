@@ -39,7 +39,7 @@ from tqdm import tqdm
 import pause
 from data import get_tokenizer, world_split
 from model import GPT, GPTConfig
-from train import lr_at, write_json
+from common import lr_at, write_json
 
 TOK = get_tokenizer("byte")
 EOT, PAUSE_ID, DOT = TOK.eot_id, TOK.pause_id, TOK.encode(".")[0]

@@ -10,21 +10,21 @@ random places (paper Sec. 3.1, done by data.PretrainLoader through pause.py), an
 targets that are pauses. Everything else is ordinary nanoGPT-style training: AdamW, linear warmup and
 cosine decay, gradient accumulation, DDP, bf16 autocast, atomic and exactly resumable checkpoints.
 """
-import argparse
 import json
 import math
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from common import (cleanup_ddp, config_parser, lr_at, peak_flops_of, save_checkpoint, setup_ddp)
 from data import PretrainLoader, builtin_tokens, data_meta, get_tokenizer, to_device
-from model import GPT, GPTConfig, config_from_preset
+from model import GPT, PRESETS, config_from_preset
 
 
 @dataclass
@@ -38,7 +38,7 @@ class TrainConfig:
     n_head: int = 0
     n_embd: int = 0
     dropout: float = 0.0
-    # data: a directory from `python data.py prepare` or `c4`; empty = the built-in world corpus
+    # data: a directory from `python prepare.py prepare` or `c4`; empty = the built-in world corpus
     data: str = ""
     builtin_docs: int = 5000       # size of the built-in corpus (documents); validation uses 1/10 of it
     # batch and length of training
@@ -69,75 +69,6 @@ class TrainConfig:
 
 
 # -----------------------------------------------------------------------------------------------
-# Helpers, also used by finetune.py
-
-def setup_ddp(device="auto"):
-    """(rank, local_rank, world_size, device). DDP when torchrun set RANK/WORLD_SIZE, else one process."""
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        rank, local_rank, world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
-        use_cuda = torch.cuda.is_available() and device in ("auto", "cuda") or device.startswith("cuda")
-        if use_cuda:
-            device = f"cuda:{local_rank}"
-            torch.cuda.set_device(device)
-        else:
-            device = "cpu"
-        if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-        return rank, local_rank, world_size, device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return 0, 0, 1, device
-
-
-def cleanup_ddp():
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def lr_at(step, max_steps, lr, warmup_steps, min_lr):
-    """Linear warmup to lr over warmup_steps, then cosine decay to min_lr at max_steps."""
-    if step < warmup_steps:
-        return lr * (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
-
-
-def save_checkpoint(obj, path):
-    """Write to a temporary file, then rename: a crash mid-write leaves the previous checkpoint intact."""
-    tmp = f"{path}.tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def write_json(obj, path):
-    """Write JSON atomically, like save_checkpoint: a reader never sees half a file."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path, device="cpu"):
-    """(model, tokenizer, checkpoint dict) from a ckpt.pt written by train.py."""
-    if not os.path.isfile(path):
-        raise SystemExit(f"no checkpoint at {path}; train one first with `python train.py --out_dir DIR`")
-    ckpt = torch.load(path, map_location=device, weights_only=True)
-    model = GPT(GPTConfig(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
-    return model.to(device), get_tokenizer(ckpt["tokenizer"]), ckpt
-
-
-# Dense bf16 peak FLOP/s from the datasheets, for MFU when --peak_flops is not given.
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12, "L4": 121e12,
-              "L40S": 362e12, "A10G": 70e12, "4090": 165e12, "3090": 71e12}
-
-
-def peak_flops_of(device):
-    if torch.device(device).type != "cuda":
-        return 0.0
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_FLOPS.items() if k in name), 0.0)
-
 
 def _check_resume(ckpt, model_config, tok_name, cfg, path):
     """Refuse a checkpoint of another model shape, tokenizer or pause_frac, naming the field."""
@@ -362,14 +293,8 @@ def _train(cfg, rank, world_size, device, master):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in fields(TrainConfig):
-        if f.type is bool:
-            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default)
-        elif f.type is int:  # accept 200e9 for --max_tokens
-            parser.add_argument(f"--{f.name}", type=lambda s: int(float(s)), default=f.default)
-        else:
-            parser.add_argument(f"--{f.name}", type=f.type, default=f.default)
+    parser = config_parser(TrainConfig, __doc__, choices={"preset": sorted(PRESETS),
+                                                          "dtype": ["auto", "float32", "bfloat16"]})
     return TrainConfig(**vars(parser.parse_args(argv)))
 
 

@@ -9,8 +9,8 @@ import tiktoken
 import torch
 
 import pause
-from data import (PretrainLoader, builtin_tokens, download, get_tokenizer, iter_documents,
-                  load_shard, main, write_shard)
+from data import PretrainLoader, builtin_tokens, get_tokenizer, load_shard, write_shard
+from prepare import download, iter_documents, main
 
 DOCS = ["The first document.\nIt has two lines.", "Second: 3 + 4 = 7, and ünïcode too!", "",
         "<|endoftext|> in the text is ordinary text", "  leading spaces\n\n\nand blank lines  "]
@@ -210,13 +210,13 @@ def test_download_refuses_a_corrupt_gzip(server, tmp_path, capsys):
 
 
 def test_c4_command_downloads_and_prepares(server, tmp_path, monkeypatch, capsys):
-    import data
+    import prepare
     url, handler = server
     docs = {f"/c4-train.{i:05d}-of-01024.json.gz": [f"train doc {i}.{j}" for j in range(30)] for i in range(2)}
     docs["/c4-validation.00000-of-00008.json.gz"] = [f"validation doc {j}" for j in range(10)]
     handler.files = {k: gzip.compress("".join(json.dumps({"text": d}) + "\n" for d in v).encode())
                      for k, v in docs.items()}
-    monkeypatch.setattr(data, "C4_URL", url + "/c4-{split}.{i:05d}-of-{n:05d}.json.gz")
+    monkeypatch.setattr(prepare, "C4_URL", url + "/c4-{split}.{i:05d}-of-{n:05d}.json.gz")
     main(["c4", "--shards", "2", "--out", str(tmp_path / "c4"), "--tokenizer", "byte", "--workers", "1"])
     assert "200B training tokens" in capsys.readouterr().out
     tok = get_tokenizer("byte")
@@ -227,12 +227,12 @@ def test_c4_command_downloads_and_prepares(server, tmp_path, monkeypatch, capsys
 
 def test_task_download_decompresses_bz2(server, tmp_path, monkeypatch):
     import bz2
-    import data
+    import tasks
     url, handler = server
     records = [{"url": "http://www.freebase.com/view/en/x", "utterance": "what is x?",
                 "targetValue": "(list (description X))"}]
     handler.files = {"/wq.json.bz2": bz2.compress(json.dumps(records).encode()), "/t.jsonl": b'{"q": 1}\n'}
-    monkeypatch.setitem(data.TASK_FILES, "webquestions", {"webquestions.examples.train.json.bz2": url + "/wq.json.bz2",
+    monkeypatch.setitem(tasks.TASK_FILES, "webquestions", {"webquestions.examples.train.json.bz2": url + "/wq.json.bz2",
                                                           "extra.jsonl": url + "/t.jsonl"})
     main(["task", "webquestions", "--out", str(tmp_path)])
     assert json.loads((tmp_path / "webquestions" / "webquestions.examples.train.json").read_text()) == records

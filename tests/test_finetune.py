@@ -14,9 +14,10 @@ import torch.nn.functional as F
 
 import finetune
 from data import get_tokenizer
-from finetune import BUILTIN, TASKS, Context, FinetuneConfig, evaluate, training_rows
+from tasks import BUILTIN, TASKS
+from finetune import Context, FinetuneConfig, evaluate, training_rows
 from model import GPT, GPTConfig
-from train import save_checkpoint
+from common import save_checkpoint
 
 TOK = get_tokenizer("byte")
 P = TOK.pause_id

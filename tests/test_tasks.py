@@ -7,9 +7,8 @@ from decimal import Decimal
 
 import pytest
 
-from data import TASK_FILES
 
-from finetune import (BUILTIN, TASKS, exact_match, f1, gsm8k_correct, gsm8k_gold, lambada_correct, last_number,
+from tasks import (BUILTIN, TASK_FILES, TASKS, exact_match, f1, gsm8k_correct, gsm8k_gold, lambada_correct, last_number,
                       load_task, normalize_answer, task_file)
 
 
@@ -247,7 +246,7 @@ def test_nq_open(tmp_path):
 
 
 def test_downloaded_file_names_are_the_ones_load_task_reads(tmp_path):
-    # `python data.py task NAME --out DIR` writes DIR/NAME/<these names>; load_task must find them.
+    # `python prepare.py task NAME --out DIR` writes DIR/NAME/<these names>; load_task must find them.
     for name, files in TASK_FILES.items():
         for fname in files:
             fname = fname.removesuffix(".bz2")  # decompressed after the download
@@ -292,7 +291,7 @@ def test_wrong_format_names_file_line_and_field(tmp_path):
         load_task("squad", write_json(tmp_path / "s.json", squad))
     with pytest.raises(ValueError, match=r"n\.jsonl, line 1: field 'answer' of this NaturalQuestions record should be a list"):
         load_task("nq_open", write_jsonl(tmp_path / "n.jsonl", [{"question": "q", "answer": "one string"}]))
-    with pytest.raises(ValueError, match="python data.py task squad"):
+    with pytest.raises(ValueError, match="python prepare.py task squad"):
         load_task("squad", str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="the file is empty"):
         (tmp_path / "e.jsonl").write_text("")

@@ -8,8 +8,10 @@ import pytest
 import torch
 
 import pause
-from data import prepare, write_shard
-from train import TrainConfig, load_checkpoint, lr_at, parse_args, train
+from data import write_shard
+from prepare import prepare
+from common import load_checkpoint, lr_at
+from train import TrainConfig, parse_args, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A model and corpus small enough for a few seconds of CPU.
@@ -121,7 +123,7 @@ def test_bad_input_is_named(tmp_path):
     with pytest.raises(SystemExit, match="nearest valid values are 256 and 384"):
         train(TrainConfig(**SMALL, total_batch_tokens=300, out_dir=out))
     for data in (tmp_path / "missing", tmp_path):
-        with pytest.raises(SystemExit, match="python data.py prepare"):
+        with pytest.raises(SystemExit, match="python prepare.py prepare"):
             train(TrainConfig(**SMALL, data=str(data), out_dir=out))
     # A prepared directory with a damaged shard, and a checkpoint with another tokenizer.
     src = tmp_path / "c.txt"

@@ -1,0 +1,203 @@
+"""
+Helpers that train.py, finetune.py, experiment.py, bench.py and sample.py share, so that no script
+imports another: the command line built from a config dataclass, device and dtype, DDP setup, the
+learning-rate schedule, and checkpoint and JSON files written atomically.
+"""
+import argparse
+import errno
+import io
+import json
+import math
+import os
+import tempfile
+import tokenize
+from contextlib import nullcontext
+from dataclasses import MISSING, fields
+
+import torch
+import torch.distributed as dist
+
+
+# -----------------------------------------------------------------------------------------------
+# The command line: one flag per field of a config dataclass, with the comment beside the field as
+# its help text, so the documentation of a setting lives in exactly one place.
+
+def field_comments(cls):
+    """{field name: the comment on its line} from the source of a dataclass."""
+    import inspect
+    comments, source = {}, inspect.getsource(cls)
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            line = tok.line.strip()
+            name = line.split(":", 1)[0].strip()
+            if name.isidentifier() and not line.startswith("#"):
+                comments[name] = tok.string.lstrip("# ").strip()
+    return comments
+
+
+def _int(text):
+    """An integer flag that also accepts 200e9 (the token budgets are easier to read that way)."""
+    value = float(text)
+    if value != int(value):
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
+    return int(value)
+
+
+def config_parser(cls, description, choices=None):
+    """An argparse parser with a --flag for every field of the dataclass cls. choices: {field:
+    allowed values} for settings with a finite set of values; they show in --help."""
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    comments, choices = field_comments(cls), choices or {}
+    for f in fields(cls):
+        default = f.default if f.default is not MISSING else f.default_factory()
+        help_text = comments.get(f.name, "")
+        if f.name in choices:
+            help_text += f" (choices: {', '.join(map(str, choices[f.name]))})"
+        help_text += " (default: %(default)s)"
+        kind = {"bool": bool, "int": int, "float": float, "str": str}.get(f.type, f.type)
+        if kind is bool:
+            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction,
+                                default=default, help=help_text)
+        else:
+            parser.add_argument(f"--{f.name}", type=_int if kind is int else kind, default=default,
+                                choices=choices.get(f.name), help=help_text, metavar=f.name.upper())
+    return parser
+
+
+# -----------------------------------------------------------------------------------------------
+# Device, dtype and DDP
+
+def resolve_device(device):
+    """'auto' -> 'cuda' when a GPU is there, else 'cpu'; an unavailable GPU is a clear error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {device}: this machine has no CUDA GPU (torch "
+                         f"{torch.__version__}); use --device cpu or auto")
+    if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
+        raise SystemExit(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    return device
+
+
+def resolve_dtype(dtype, device):
+    """(dtype name, autocast context). 'auto' is bfloat16 on a GPU that has it, else float32.
+    bf16 autocast runs the matmuls in bfloat16 while weights and optimizer state stay float32,
+    which needs no loss scaling (unlike float16)."""
+    device_type = torch.device(device).type
+    if dtype == "auto":
+        dtype = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    if dtype not in ("float32", "bfloat16"):
+        raise SystemExit(f"--dtype must be auto, float32 or bfloat16, got {dtype!r}")
+    if dtype == "bfloat16":
+        return dtype, torch.autocast(device_type, dtype=torch.bfloat16)
+    return dtype, nullcontext()
+
+
+def setup_ddp(device="auto"):
+    """(rank, local_rank, world_size, device). DDP when torchrun set RANK and WORLD_SIZE, else one
+    process. Each process of a node takes the GPU of its local rank; on CPU, gloo does the
+    all-reduces."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        rank, local_rank, world_size = (int(os.environ[k])
+                                        for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
+        use_cuda = (torch.cuda.is_available() and device in ("auto", "cuda")
+                    or device.startswith("cuda"))
+        if use_cuda:
+            device = f"cuda:{local_rank}"
+            torch.cuda.set_device(device)
+        else:
+            device = "cpu"
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        return rank, local_rank, world_size, device
+    return 0, 0, 1, resolve_device(device)
+
+
+def cleanup_ddp():
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# -----------------------------------------------------------------------------------------------
+# The learning-rate schedule (as in nanoGPT and the GPT-3 paper)
+
+def lr_at(step, max_steps, lr, warmup_steps, min_lr):
+    """Linear warmup to lr over warmup_steps, then cosine decay to min_lr at max_steps."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
+
+
+# -----------------------------------------------------------------------------------------------
+# Files written atomically: into a new temporary file beside the target, then renamed over it. A
+# crash or a full disk mid-write leaves the previous file intact, and the temporary file is a
+# fresh name (never an existing file or a planted symlink that the write would follow).
+
+def atomic_write(path, write, mode="wb"):
+    """Call write(f) on a temporary file in path's directory, then rename it to path."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            raise SystemExit(f"cannot write {path}: no space left on the disk; the previous "
+                             "version of the file is intact. Free some space and rerun "
+                             "(with --resume for training).") from e
+        raise
+
+
+def save_checkpoint(obj, path):
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def json_safe(obj):
+    """obj with every NaN or infinite float replaced by None: NaN and Infinity are not JSON, and
+    a file holding them breaks strict readers."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def write_json(obj, path):
+    """JSON written atomically, with non-finite numbers written as null."""
+    text = json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n"
+    atomic_write(path, lambda f: f.write(text), mode="w")
+
+
+def load_checkpoint(path, device="cpu"):
+    """(model, tokenizer, checkpoint dict) from a ckpt.pt written by train.py or finetune.py."""
+    from data import get_tokenizer
+    from model import GPT, GPTConfig
+    if not os.path.isfile(path):
+        raise SystemExit(f"no checkpoint at {path}; train one first with "
+                         "`python train.py --out_dir DIR`")
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    model = GPT(GPTConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device), get_tokenizer(ckpt["tokenizer"]), ckpt
+
+
+# Dense bf16 peak FLOP/s from the datasheets, for MFU when --peak_flops is not given.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12,
+              "L4": 121e12, "L40S": 362e12, "A10G": 70e12, "4090": 165e12, "3090": 71e12}
+
+
+def peak_flops_of(device):
+    if torch.device(device).type != "cuda":
+        return 0.0
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), 0.0)
