@@ -4,18 +4,24 @@ imports another: the command line built from a config dataclass, device and dtyp
 learning-rate schedule, and checkpoint and JSON files written atomically.
 """
 import argparse
+import bz2
 import errno
+import gzip
 import io
 import json
 import math
 import os
 import tempfile
 import tokenize
+import urllib.request
+import zlib
 from contextlib import nullcontext
 from dataclasses import MISSING, fields
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 
 # -----------------------------------------------------------------------------------------------
@@ -189,6 +195,64 @@ def load_checkpoint(path, device="cpu"):
     model = GPT(GPTConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
     return model.to(device), get_tokenizer(ckpt["tokenizer"]), ckpt
+
+
+# -----------------------------------------------------------------------------------------------
+# Downloads, with the standard library only: HTTPS, resuming a partial file with an HTTP Range
+# request, and an integrity check of compressed files before the final rename.
+
+def _check_compressed(path):
+    """Read a .gz / .bz2 file to its end: a truncated or damaged file raises here."""
+    name = path.name.removesuffix(".part")
+    opener = gzip.open if name.endswith(".gz") else bz2.open if name.endswith(".bz2") else None
+    if opener is None:
+        return
+    with opener(path, "rb") as f:
+        while f.read(1 << 22):
+            pass
+
+
+def download(url, dest, retries=3, timeout=60):
+    """Download url to dest (skipped if dest exists). Bytes arrive in dest + '.part'; an interrupted
+    download resumes from there. A compressed file that fails its integrity check is deleted and
+    fetched again, at most `retries` times in all."""
+    dest = Path(dest)
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    for attempt in range(1, retries + 1):
+        have = part.stat().st_size if part.exists() else 0
+        headers = {"User-Agent": "pause-data/1.0", **({"Range": f"bytes={have}-"} if have else {})}
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as r:
+                if have and r.status != 206:
+                    have = 0  # the server ignored the Range request: start over
+                length = r.headers.get("Content-Length")
+                total = have + int(length) if length else None
+                with open(part, "ab" if have else "wb") as f, \
+                        tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=dest.name) as bar:
+                    while chunk := r.read(1 << 20):
+                        f.write(chunk)
+                        bar.update(len(chunk))
+            if total is not None and part.stat().st_size != total:
+                raise ConnectionError(f"got {part.stat().st_size} of {total} bytes")
+        except urllib.error.HTTPError as e:
+            if e.code != 416:  # 416: nothing left after the bytes we have, i.e. complete
+                raise SystemExit(f"download of {url} failed: HTTP {e.code} {e.reason}")
+        except (urllib.error.URLError, OSError) as e:
+            print(f"download of {url} interrupted ({e}); attempt {attempt}/{retries}, resuming")
+            continue
+        try:
+            _check_compressed(part)
+        except (OSError, EOFError, zlib.error) as e:
+            print(f"{part}: corrupt download ({e}); deleted, attempt {attempt}/{retries}")
+            part.unlink()
+            continue
+        os.replace(part, dest)
+        return dest
+    raise SystemExit(f"could not download {url} intact after {retries} attempts; run the command again "
+                     f"(a partial {part.name} is resumed)")
 
 
 # Dense bf16 peak FLOP/s from the datasheets, for MFU when --peak_flops is not given.

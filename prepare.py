@@ -13,14 +13,13 @@ import json
 import multiprocessing
 import os
 import shutil
-import urllib.request
-import zlib
 from collections import Counter, deque
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from common import download
 from data import SHARD_TOKENS, TOKENIZERS, get_tokenizer, write_shard
 from tasks import TASK_ALIASES, TASK_FILES
 
@@ -194,64 +193,6 @@ def prepare(inputs, out_dir, tokenizer_name="gpt2", val_inputs=(), val_every=200
         print("note: no validation split (give --val_input FILES or a smaller --val_every); "
               "train.py will not evaluate")
     return meta
-
-
-# -----------------------------------------------------------------------------------------------
-# Downloads, with the standard library only: HTTPS, resuming a partial file with an HTTP Range
-# request, and an integrity check of compressed files before the final rename.
-
-def _check_compressed(path):
-    """Read a .gz / .bz2 file to its end: a truncated or damaged file raises here."""
-    name = path.name.removesuffix(".part")
-    opener = gzip.open if name.endswith(".gz") else bz2.open if name.endswith(".bz2") else None
-    if opener is None:
-        return
-    with opener(path, "rb") as f:
-        while f.read(1 << 22):
-            pass
-
-
-def download(url, dest, retries=3, timeout=60):
-    """Download url to dest (skipped if dest exists). Bytes arrive in dest + '.part'; an interrupted
-    download resumes from there. A compressed file that fails its integrity check is deleted and
-    fetched again, at most `retries` times in all."""
-    dest = Path(dest)
-    if dest.exists():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    for attempt in range(1, retries + 1):
-        have = part.stat().st_size if part.exists() else 0
-        headers = {"User-Agent": "pause-data/1.0", **({"Range": f"bytes={have}-"} if have else {})}
-        try:
-            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as r:
-                if have and r.status != 206:
-                    have = 0  # the server ignored the Range request: start over
-                length = r.headers.get("Content-Length")
-                total = have + int(length) if length else None
-                with open(part, "ab" if have else "wb") as f, \
-                        tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=dest.name) as bar:
-                    while chunk := r.read(1 << 20):
-                        f.write(chunk)
-                        bar.update(len(chunk))
-            if total is not None and part.stat().st_size != total:
-                raise ConnectionError(f"got {part.stat().st_size} of {total} bytes")
-        except urllib.error.HTTPError as e:
-            if e.code != 416:  # 416: nothing left after the bytes we have, i.e. complete
-                raise SystemExit(f"download of {url} failed: HTTP {e.code} {e.reason}")
-        except (urllib.error.URLError, OSError) as e:
-            print(f"download of {url} interrupted ({e}); attempt {attempt}/{retries}, resuming")
-            continue
-        try:
-            _check_compressed(part)
-        except (OSError, EOFError, zlib.error) as e:
-            print(f"{part}: corrupt download ({e}); deleted, attempt {attempt}/{retries}")
-            part.unlink()
-            continue
-        os.replace(part, dest)
-        return dest
-    raise SystemExit(f"could not download {url} intact after {retries} attempts; run the command again "
-                     f"(a partial {part.name} is resumed)")
 
 
 C4_URL = "https://huggingface.co/datasets/allenai/c4/resolve/main/en/c4-{split}.{i:05d}-of-{n:05d}.json.gz"

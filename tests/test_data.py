@@ -10,7 +10,8 @@ import torch
 
 import pause
 from data import PretrainLoader, builtin_tokens, get_tokenizer, load_shard, write_shard
-from prepare import download, iter_documents, main
+from common import download
+from prepare import iter_documents, main
 
 DOCS = ["The first document.\nIt has two lines.", "Second: 3 + 4 = 7, and ünïcode too!", "",
         "<|endoftext|> in the text is ordinary text", "  leading spaces\n\n\nand blank lines  "]
