@@ -1,17 +1,16 @@
 """
 Data, from text to batches:
-    the tokenizer          GPT-2's BPE or plain bytes, both with <|endoftext|> and <|pause|>
-    the built-in world     an offline corpus and synthetic tasks, so `python train.py` needs no download
-    token shards           uint16 files with a checked header, written by `python prepare.py prepare`
-    PretrainLoader         memory-mapped shards -> (x, y) batches, disjoint across DDP ranks, resumable,
-                           with the paper's pause-pretraining applied (pause.py)
+    the tokenizer       GPT-2's BPE or plain bytes, both with <|endoftext|> and <|pause|>
+    the built-in world  an offline corpus and synthetic tasks: `python train.py` needs no download
+    token shards        uint16 files with a checked header, written by `python prepare.py prepare`
+    PretrainLoader      shards -> (x, y) batches, disjoint across DDP ranks, resumable, with the
+                        paper's pause-pretraining applied (pause_pretrain_batch, from pause.py)
 """
+import functools
 import itertools
 import json
-import os
 import random
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,30 +18,20 @@ import tiktoken
 import torch
 
 import pause
+from common import atomic_write
 
 PAUSE = "<|pause|>"
 EOT = "<|endoftext|>"
 
 
-@dataclass
 class Tokenizer:
-    """A tiktoken encoding with two special tokens, <|endoftext|> and <|pause|>.
-    encode() treats all text as ordinary text: a document that happens to contain the characters
-    '<|pause|>' is encoded as those characters, never as the special id."""
-    name: str
-    enc: tiktoken.Encoding
+    """A tiktoken encoding with two special tokens, <|endoftext|> and <|pause|>. encode() treats
+    all text as ordinary text: a document that happens to contain the characters '<|pause|>' is
+    encoded as those characters, never as the special id."""
 
-    @property
-    def eot_id(self):
-        return self.enc.encode_single_token(EOT)
-
-    @property
-    def pause_id(self):
-        return self.enc.encode_single_token(PAUSE)
-
-    @property
-    def vocab_size(self):
-        return self.enc.n_vocab
+    def __init__(self, name, enc):
+        self.name, self.enc, self.vocab_size = name, enc, enc.n_vocab
+        self.eot_id, self.pause_id = enc.encode_single_token(EOT), enc.encode_single_token(PAUSE)
 
     def encode(self, text):
         return self.enc.encode_ordinary(text)
@@ -55,31 +44,31 @@ class Tokenizer:
 
 
 def _gpt2_pause():
-    # GPT-2's 50257 ids (50256 is <|endoftext|>) plus <|pause|> = 50257, which falls in the padding
-    # model.py adds anyway (50258 -> 50304): the pause costs one embedding row, d_model parameters.
+    # GPT-2's 50257 ids (50256 is <|endoftext|>) plus <|pause|> = 50257, which falls in the
+    # padding model.py adds anyway (50258 -> 50304): the pause costs one embedding row.
     base = tiktoken.get_encoding("gpt2")
-    return tiktoken.Encoding(name="gpt2_pause", pat_str=base._pat_str, mergeable_ranks=base._mergeable_ranks,
+    return tiktoken.Encoding(name="gpt2_pause", pat_str=base._pat_str,
+                             mergeable_ranks=base._mergeable_ranks,
                              special_tokens={EOT: base.eot_token, PAUSE: base.n_vocab})
 
 
 def _byte_pause():
-    # One token per byte (0..255), then <|endoftext|> = 256 and <|pause|> = 257. Needs no download,
-    # so the built-in default runs offline; digits are single tokens, which suits arithmetic.
-    return tiktoken.Encoding(name="byte_pause", pat_str=r"[\s\S]", mergeable_ranks={bytes([i]): i for i in range(256)},
+    # One token per byte (0..255), then <|endoftext|> = 256 and <|pause|> = 257. Needs no
+    # download, so the built-in default runs offline; digits are single tokens, which suits sums.
+    return tiktoken.Encoding(name="byte_pause", pat_str=r"[\s\S]",
+                             mergeable_ranks={bytes([i]): i for i in range(256)},
                              special_tokens={EOT: 256, PAUSE: 257})
 
 
 TOKENIZERS = {"gpt2": _gpt2_pause, "byte": _byte_pause}
-_cache = {}
 
 
+@functools.cache
 def get_tokenizer(name):
     """'gpt2' (GPT-2 BPE, needs tiktoken's gpt2 files, downloaded on first use) or 'byte'."""
     if name not in TOKENIZERS:
         raise ValueError(f"unknown tokenizer {name!r}; choose one of {sorted(TOKENIZERS)}")
-    if name not in _cache:
-        _cache[name] = Tokenizer(name, TOKENIZERS[name]())
-    return _cache[name]
+    return Tokenizer(name, TOKENIZERS[name]())
 
 
 # -----------------------------------------------------------------------------------------------
@@ -99,7 +88,7 @@ def _world_add(rng):
 
 
 def _world_chain(rng):
-    # Multi-step arithmetic: each variable is computed from the previous one.
+    # Multi-step arithmetic: each variable is computed from the previous one, kept in 0..999.
     steps = rng.randint(2, 4)
     names = "abcdefgh"
     value = rng.randrange(10)
@@ -176,15 +165,16 @@ def builtin_tokens(num_docs, seed, tokenizer_name="byte"):
 
 
 # -----------------------------------------------------------------------------------------------
-# Token shards on disk, in the manner of llm.c: a 1024-byte header of int32s (magic, version, token
-# count, vocabulary size) followed by the tokens as uint16. GPT-2's 50258 ids fit in 16 bits, which
-# halves the disk of int32: the paper's 200B tokens take about 400 GB. The header is checked on load,
-# so a truncated or foreign file is refused instead of being read as garbage tokens.
+# Token shards on disk, in the manner of llm.c: a 1024-byte header of int32s (magic, version,
+# token count, vocabulary size) followed by the tokens as uint16. GPT-2's 50258 ids fit in 16
+# bits, which halves the disk of int32: the paper's 200B tokens take about 400 GB. The header is
+# checked on load, so a truncated, foreign or other-tokenizer file is refused, not read as garbage.
 
-SHARD_MAGIC = 20231004  # the paper's arXiv date; any fixed number that random files rarely start with
+SHARD_MAGIC = 20231004  # the paper's arXiv date: a fixed number random files rarely start with
 SHARD_VERSION = 1
 HEADER_INTS = 256
 SHARD_TOKENS = 100_000_000  # 200 MB per shard
+PREPARE_HINT = "prepare the data again with `python prepare.py prepare`"
 
 
 def write_shard(path, tokens, vocab_size):
@@ -193,100 +183,144 @@ def write_shard(path, tokens, vocab_size):
         raise ValueError(f"{path}: token id {int(tokens.max())} does not fit in uint16")
     header = np.zeros(HEADER_INTS, dtype=np.int32)
     header[:4] = SHARD_MAGIC, SHARD_VERSION, tokens.size, vocab_size
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
+
+    def write(f):
         f.write(header.tobytes())
-        f.write(tokens.astype(np.uint16).tobytes())
-    os.replace(tmp, path)  # a crash mid-write never leaves a half shard under the real name
+        f.write(tokens.astype(np.uint16, copy=False).data)
+    atomic_write(path, write)  # a crash mid-write never leaves a half shard under the real name
 
 
-def load_shard(path):
-    """Memory-map a token shard after checking its header; returns a read-only uint16 array."""
+def load_shard(path, vocab_size=None):
+    """Memory-map a token shard after checking its header (and, given vocab_size, that its tokens
+    come from a tokenizer with that many ids); returns a read-only uint16 array."""
     path = str(path)
-    size = os.path.getsize(path)
+    size = Path(path).stat().st_size
     if size < HEADER_INTS * 4:
         raise ValueError(f"{path}: corrupt token shard ({size} bytes, shorter than the header); "
-                         "delete it and run `python prepare.py prepare` again")
+                         f"delete it and {PREPARE_HINT}")
     header = np.fromfile(path, dtype=np.int32, count=HEADER_INTS)
     if header[0] != SHARD_MAGIC:
         raise ValueError(f"{path}: not a token shard (bad magic number {header[0]}); "
                          "make shards with `python prepare.py prepare`")
     if header[1] != SHARD_VERSION:
-        raise ValueError(f"{path}: shard version {header[1]}, this code reads version {SHARD_VERSION}; "
-                         "prepare the data again")
+        raise ValueError(f"{path}: shard version {header[1]}, this code reads version "
+                         f"{SHARD_VERSION}; {PREPARE_HINT}")
     expected = HEADER_INTS * 4 + 2 * int(header[2])
     if size != expected:
         raise ValueError(f"{path}: corrupt token shard: the header promises {header[2]} tokens "
-                         f"({expected} bytes) but the file has {size} bytes; prepare it again")
-    return np.memmap(path, dtype=np.uint16, mode="r", offset=HEADER_INTS * 4, shape=(int(header[2]),))
+                         f"({expected} bytes) but the file has {size} bytes; {PREPARE_HINT}")
+    if vocab_size is not None and header[3] != vocab_size:
+        # Ids of another tokenizer would train silently on wrong tokens (or index past the table).
+        raise ValueError(f"{path}: its tokens come from a vocabulary of {header[3]} ids, but the "
+                         f"tokenizer has {vocab_size}; {PREPARE_HINT} with the right --tokenizer")
+    return np.memmap(path, dtype=np.uint16, mode="r", offset=HEADER_INTS * 4,
+                     shape=(int(header[2]),))
 
 
-def shard_paths(data_dir, split):
-    """The shards of one split ('train' or 'val') of a prepared directory, checked to exist."""
-    data_dir = Path(data_dir)
-    hint = ("prepare one with `python prepare.py prepare --input FILES --out DIR` "
-            "(or `python prepare.py c4 --shards N --out DIR`), or leave out --data for the built-in corpus")
-    if not data_dir.is_dir():
-        raise SystemExit(f"data directory {data_dir} does not exist; {hint}")
-    paths = sorted(data_dir.glob(f"{split}_*.bin"))
-    if not paths:
-        raise SystemExit(f"data directory {data_dir} holds no {split}_*.bin token shards; {hint}")
-    return paths
+def shard_path(data_dir, split, index):
+    return Path(data_dir) / f"{split}_{index:06d}.bin"
 
 
 def data_meta(data_dir):
-    """meta.json written by `prepare`: the tokenizer name and the shards' token counts."""
+    """meta.json written by `prepare` (the tokenizer's name, the shards' token counts), after
+    checking everything a run will read: meta.json parses, the shards on disk are exactly the
+    ones it lists, with sound headers and the vocabulary of the tokenizer it names. A run learns
+    of bad data now, not at its first evaluation."""
     path = Path(data_dir) / "meta.json"
-    shard_paths(data_dir, "train")
     if not path.is_file():
-        raise SystemExit(f"{path} is missing: it names the tokenizer of the shards; prepare the data "
-                         "again with `python prepare.py prepare`")
-    return json.loads(path.read_text())
+        raise SystemExit(f"{data_dir} holds no prepared data ({path} is missing); prepare it with "
+                         "`python prepare.py prepare --input FILES --out DIR` (or `python "
+                         "prepare.py c4 --shards N --out DIR`), or leave out --data for the "
+                         "built-in corpus")
+    try:
+        meta = json.loads(path.read_text())
+        vocab_size = get_tokenizer(meta["tokenizer"]).vocab_size
+        listed = {s: meta[f"{s}_shards"] for s in ("train", "val")}
+        if not listed["train"]:
+            raise ValueError("no train shards")
+    except (ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"{path} is not a meta.json written by prepare ({e!r}); {PREPARE_HINT}")
+    for split, counts in listed.items():
+        want = {shard_path(data_dir, split, i): n for i, n in enumerate(counts)}
+        have = {p: len(load_shard(p, vocab_size)) for p in Path(data_dir).glob(f"{split}_*.bin")}
+        if want != have:
+            p = min(p for p in want.keys() | have.keys() if want.get(p) != have.get(p))
+            what = (f"is missing, though {path} lists it" if p not in have
+                    else f"is not listed in {path}" if p not in want
+                    else f"holds {have[p]:,} tokens where {path} says {want[p]:,}")
+            raise SystemExit(f"{p} {what}; {PREPARE_HINT}")
+    return meta
+
+
+# -----------------------------------------------------------------------------------------------
+# Pause-pretraining, one batch at a time (paper Sec. 3.1).
+
+def pause_pretrain_batch(windows, num_pauses, pause_id, generator=None):
+    """Paper Sec. 3.1, pause-pretraining: inputs x and targets y from windows of real tokens, with
+    num_pauses (M_pt) pauses inserted at uniformly random places of each window.
+
+    windows: (B, T + 1) long tensor of real tokens. The pauses go into the whole window before it
+    is shifted (pause.insert_pauses keeps T + 1 tokens), so a pause can be an input and a target;
+    a pause target carries no loss (S_ignore, pause.pause_targets), since where random pauses fall
+    cannot be predicted. num_pauses 0 gives the plain shift x = windows[:, :-1], y = windows[:, 1:].
+    Returns (x, y), two contiguous (B, T) long tensors.
+    """
+    if num_pauses == 0:
+        return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
+    w = pause.insert_pauses(windows, num_pauses, pause_id, generator=generator)
+    return w[:, :-1].contiguous(), pause.pause_targets(w[:, 1:], pause_id).contiguous()
 
 
 # -----------------------------------------------------------------------------------------------
 # The pretraining loader. The data is cut into windows of block_size + 1 tokens starting every
-# block_size tokens (x = window[:-1], y = window[1:]). An epoch visits every window once: the shards
-# in a shuffled order, the windows of each shard in a shuffled order. The windows of an epoch are
-# dealt out in blocks of batch_size: rank r of world_size takes blocks r, r + world_size, ... so no
-# two ranks read the same window, and one process with world_size-fold gradient accumulation reads
-# exactly the windows that world_size processes read together. All randomness (the order and the
-# pause positions) is a function of (seed, epoch, position), so the loader's state is a few numbers
-# and a resumed run continues with the very next batch.
+# block_size tokens. An epoch visits every window once: the shards in a shuffled order, the windows
+# of each shard in a shuffled order. The windows of an epoch are dealt out in blocks of batch_size:
+# rank r of world_size takes blocks r, r + world_size, ... so no two ranks read the same window,
+# and one process with world_size-fold gradient accumulation reads exactly the windows that
+# world_size processes read together. All randomness (the order and the pause positions) is a
+# function of (seed, epoch, position), so the loader's state is a few numbers and a resumed run
+# continues with the very next batch.
 
 def _seed(*words):
     return int(np.random.SeedSequence(list(words)).generate_state(1, np.uint64)[0] % (2 ** 63))
 
 
 class PretrainLoader:
-    def __init__(self, source, batch_size, block_size, pause_frac=0.0, pause_id=None, rank=0, world_size=1,
-                 seed=0, split="train"):
+    """source: a prepared directory (its `split` shards), a list of shard paths, or one array of
+    tokens. pause_frac > 0 turns on pause-pretraining with M_pt = pause_frac x block_size."""
+
+    def __init__(self, source, batch_size, block_size, pause_frac=0.0, pause_id=None, rank=0,
+                 world_size=1, seed=0, split="train"):
         if isinstance(source, np.ndarray):
             self.shards = [source]
         elif isinstance(source, (list, tuple)):
             self.shards = [load_shard(p) for p in source]
         else:
-            self.shards = [load_shard(p) for p in shard_paths(source, split)]
-        self.B, self.T, self.rank, self.world_size, self.seed = batch_size, block_size, rank, world_size, seed
-        # Paper Sec. 3.1: M_pt pauses go into every pretraining sequence of block_size + 1 tokens.
+            meta = data_meta(source)  # checks the shards' vocabulary against the tokenizer's
+            self.shards = [load_shard(shard_path(source, split, i))
+                           for i in range(len(meta[f"{split}_shards"]))]
+        self.B, self.T, self.rank, self.world_size = batch_size, block_size, rank, world_size
+        self.seed = seed
         self.num_pauses = pause.num_pretrain_pauses(pause_frac, block_size)
         if self.num_pauses and pause_id is None:
             raise ValueError("pause_frac > 0 needs the tokenizer's pause_id")
         self.pause_id = pause_id
-        self.windows = np.array([max(0, (len(s) - 1) // block_size) for s in self.shards], dtype=np.int64)
+        self.windows = np.array([max(0, (len(s) - 1) // block_size) for s in self.shards], np.int64)
         self.num_windows = int(self.windows.sum())
         if self.num_windows < batch_size * world_size:
-            raise ValueError(f"the {split} data holds {self.num_windows} windows of {block_size + 1} tokens, fewer "
-                             f"than one global batch ({batch_size} x {world_size} ranks); prepare more data or "
-                             "use a smaller --batch_size / --block_size")
+            raise ValueError(f"the {split} data holds {self.num_windows} windows of "
+                             f"{block_size + 1} tokens, fewer than one global batch ({batch_size} "
+                             f"x {world_size} ranks); prepare more data or use a smaller "
+                             "--batch_size / --block_size")
         self.epoch = self.pos = 0  # pos: windows of this epoch already dealt out to all ranks
         self.real_tokens = self.pause_tokens = 0  # input tokens this loader has delivered
         self._orders = {}
 
     def _epoch_order(self):
-        """The epoch's shard order and the cumulative window counts along it (computed once an epoch)."""
+        """The epoch's shard order and the cumulative window counts along it (once an epoch)."""
         if self.epoch not in self._orders:
-            order = np.random.default_rng(_seed(self.seed, self.epoch)).permutation(len(self.shards))
+            rng = np.random.default_rng(_seed(self.seed, self.epoch))
+            order = rng.permutation(len(self.shards))
             self._orders = {self.epoch: (order, np.cumsum(self.windows[order]))}
             self._perms = {}
         return self._orders[self.epoch]
@@ -296,43 +330,42 @@ class PretrainLoader:
         order, ends = self._epoch_order()
         j = int(np.searchsorted(ends, i, side="right"))
         s = int(order[j])
-        if s not in self._perms:
-            self._perms = {s: np.random.default_rng(_seed(self.seed, self.epoch, s + 1)).permutation(self.windows[s])}
+        if s not in self._perms:  # only the current shard's window order is kept in memory
+            rng = np.random.default_rng(_seed(self.seed, self.epoch, s + 1))
+            self._perms = {s: rng.permutation(self.windows[s])}
         k = int(self._perms[s][i - (ends[j] - self.windows[s])])
         return self.shards[s][k * self.T:(k + 1) * self.T + 1]
 
     def next_batch(self):
         if self.pos + self.B * self.world_size > self.num_windows:
-            self.epoch, self.pos = self.epoch + 1, 0  # the epoch's last partial global batch is left out
+            self.epoch, self.pos = self.epoch + 1, 0  # the last partial global batch is left out
         first = self.pos + self.rank * self.B
-        w = torch.from_numpy(np.stack([self._window(i) for i in range(first, first + self.B)]).astype(np.int64))
-        if self.num_pauses:
-            # The pause positions depend only on which windows these are, not on the rank.
+        w = np.stack([self._window(i) for i in range(first, first + self.B)]).astype(np.int64)
+        g = None
+        if self.num_pauses:  # the pause positions depend only on which windows these are
             g = torch.Generator().manual_seed(_seed(self.seed, self.epoch, first // self.B, 7))
-            w = pause.insert_pauses(w, self.num_pauses, self.pause_id, generator=g)
-        x, y = w[:, :-1], w[:, 1:]
-        if self.num_pauses:
-            y = pause.pause_targets(y, self.pause_id)  # S_ignore: no loss where the target is a pause
-            n_pause = int((x == self.pause_id).sum())
-        else:
-            n_pause = 0
+        x, y = pause_pretrain_batch(torch.from_numpy(w), self.num_pauses, self.pause_id, g)
+        n_pause = int((x == self.pause_id).sum()) if self.num_pauses else 0
         self.pause_tokens += n_pause
         self.real_tokens += x.numel() - n_pause
         self.pos += self.B * self.world_size
-        return x.contiguous(), y.contiguous()
+        return x, y
 
     def state_dict(self):
         # The RNG state is (seed, epoch, pos): every random choice is derived from them.
-        return {"seed": self.seed, "epoch": self.epoch, "pos": self.pos, "num_windows": self.num_windows,
-                "block_size": self.T, "num_pauses": self.num_pauses,
+        return {"seed": self.seed, "epoch": self.epoch, "pos": self.pos,
+                "num_windows": self.num_windows, "block_size": self.T,
+                "num_pauses": self.num_pauses,
                 "real_tokens": self.real_tokens, "pause_tokens": self.pause_tokens}
 
     def load_state_dict(self, state):
-        for key in ("num_windows", "block_size", "num_pauses"):
-            if state[key] != getattr(self, {"block_size": "T"}.get(key, key)):
-                raise ValueError(f"loader state: the checkpoint's data has {key}={state[key]}, this run's has "
-                                 f"{getattr(self, {'block_size': 'T'}.get(key, key))}; resume with the same data "
-                                 "and flags, or start a new --out_dir")
+        ours = {"num_windows": self.num_windows, "block_size": self.T,
+                "num_pauses": self.num_pauses}
+        for key, value in ours.items():
+            if state[key] != value:
+                raise ValueError(f"loader state: the checkpoint's data has {key}={state[key]}, "
+                                 f"this run's has {value}; resume with the same data and flags, "
+                                 "or start a new --out_dir")
         self.seed, self.epoch, self.pos = state["seed"], state["epoch"], state["pos"]
         self.real_tokens, self.pause_tokens = state["real_tokens"], state["pause_tokens"]
 
@@ -342,5 +375,6 @@ def to_device(x, y, device):
     still works on the previous micro-step."""
     device = torch.device(device)
     if device.type == "cuda":
-        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+        return (x.pin_memory().to(device, non_blocking=True),
+                y.pin_memory().to(device, non_blocking=True))
     return x.to(device), y.to(device)
