@@ -1,29 +1,43 @@
 """
-The nine downstream tasks of the paper (Sec. 4): where their files come from, how each file format
-becomes examples (prompt, answer or choices), and how each prediction is scored. Nothing here is
-about pauses: finetune.py turns these examples into rows with pauses and evaluates them.
+The nine downstream tasks of the paper (Sec. 4) and the built-in world tasks: where their files come
+from, how each file format becomes examples, and how a prediction is scored the way the benchmark's
+official script scores it. Nothing here is about pauses: finetune.py turns these examples into rows
+with pauses and evaluates them.
 
-    load_task(name, path, split, n)   -> [{"prompt": ..., "target": ..., "answers": [...]}, ...]
-    score_prediction(metric, prediction, golds)   the metric of a generation task
+    load_task(name, path, split, n, seed) -> a list of examples, each a dict:
+        generation:      {"prompt", "target", "answers"}   target: the training continuation;
+                                                           answers: the golds that score() takes
+        multiple choice: {"prompt", "target", "choices", "label"}   choices: the continuations
+                         (" " + text) scored by likelihood; target = choices[label]
+        commonsense_qa has both, and "choice_letters" (" A" ... " E") for scoring by letter
+    score(task, prediction, golds) -> {metric: value in [0, 1]} for one generated answer
+    choose(logprobs, choices)      -> {"acc": index, "acc_norm": index} for one scored example
+
+Task.metric is the main key of score's (or choose's) dict, Task.source the script it follows.
 """
 import gzip
 import json
+import math
 import os
+import random
 import re
 import string
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 
 from data import WORLD_TASKS, synthetic_task
 
-# The downstream tasks' original public files. load_task reads them from DIR/NAME/ under these
-# file names; `python prepare.py task NAME --out DIR` downloads them.
+# -----------------------------------------------------------------------------------------------
+# The tasks' original public files. load_task reads them from DIR/NAME/ under these names;
+# `python prepare.py task NAME --out DIR` downloads them.
 GITHUB = "https://raw.githubusercontent.com/"
+GSM8K_URL = GITHUB + "openai/grade-school-math/master/grade_school_math/data/"
+NQ_URL = GITHUB + "google-research-datasets/natural-questions/master/nq_open/"
+WEBQ_URL = ("https://nlp.stanford.edu/static/software/sempre/release-emnlp2013/lib/data/"
+            "webquestions/dataset_11/")
 TASK_FILES = {
-    "gsm8k": {
-        "train.jsonl": GITHUB + "openai/grade-school-math/master/grade_school_math/data/train.jsonl",
-        "test.jsonl": GITHUB + "openai/grade-school-math/master/grade_school_math/data/test.jsonl"},
+    "gsm8k": {"train.jsonl": GSM8K_URL + "train.jsonl", "test.jsonl": GSM8K_URL + "test.jsonl"},
     "squad": {
         "train-v1.1.json": "https://rajpurkar.github.io/SQuAD-explorer/dataset/train-v1.1.json",
         "dev-v1.1.json": "https://rajpurkar.github.io/SQuAD-explorer/dataset/dev-v1.1.json"},
@@ -33,128 +47,29 @@ TASK_FILES = {
     "commonsense_qa": {
         "train_rand_split.jsonl": "https://s3.amazonaws.com/commensenseqa/train_rand_split.jsonl",
         "dev_rand_split.jsonl": "https://s3.amazonaws.com/commensenseqa/dev_rand_split.jsonl"},
-    "piqa": {
-        "train.jsonl": "https://yonatanbisk.com/piqa/data/train.jsonl",
-        "train-labels.lst": "https://yonatanbisk.com/piqa/data/train-labels.lst",
-        "valid.jsonl": "https://yonatanbisk.com/piqa/data/valid.jsonl",
-        "valid-labels.lst": "https://yonatanbisk.com/piqa/data/valid-labels.lst"},
-    "hellaswag": {
-        "hellaswag_train.jsonl": GITHUB + "rowanz/hellaswag/master/data/hellaswag_train.jsonl",
-        "hellaswag_val.jsonl": GITHUB + "rowanz/hellaswag/master/data/hellaswag_val.jsonl"},
-    "lambada": {
-        "lambada_test.jsonl": "https://openaipublic.blob.core.windows.net/gpt-2/data/lambada_test.jsonl"},
-    "webquestions": {  # the Stanford release, bzip2-compressed; decompressed after the download
-        "webquestions.examples.train.json.bz2": "https://nlp.stanford.edu/static/software/sempre/release-emnlp2013/"
-                                                "lib/data/webquestions/dataset_11/webquestions.examples.train.json.bz2",
-        "webquestions.examples.test.json.bz2": "https://nlp.stanford.edu/static/software/sempre/release-emnlp2013/"
-                                               "lib/data/webquestions/dataset_11/webquestions.examples.test.json.bz2"},
-    "nq_open": {
-        "NQ-open.train.jsonl": GITHUB + "google-research-datasets/natural-questions/master/nq_open/NQ-open.train.jsonl",
-        "NQ-open.dev.jsonl": GITHUB + "google-research-datasets/natural-questions/master/nq_open/NQ-open.dev.jsonl"},
+    "piqa": {name: "https://yonatanbisk.com/piqa/data/" + name for name in
+             ("train.jsonl", "train-labels.lst", "valid.jsonl", "valid-labels.lst")},
+    "hellaswag": {name: GITHUB + "rowanz/hellaswag/master/data/" + name for name in
+                  ("hellaswag_train.jsonl", "hellaswag_val.jsonl")},
+    "lambada": {"lambada_test.jsonl":
+                "https://openaipublic.blob.core.windows.net/gpt-2/data/lambada_test.jsonl"},
+    # The Stanford release is bzip2-compressed; prepare.py decompresses it after the download.
+    "webquestions": {name: WEBQ_URL + name for name in ("webquestions.examples.train.json.bz2",
+                                                        "webquestions.examples.test.json.bz2")},
+    "nq_open": {name: NQ_URL + name for name in ("NQ-open.train.jsonl", "NQ-open.dev.jsonl")},
 }
 TASK_ALIASES = {"commonsenseqa": "commonsense_qa", "csqa": "commonsense_qa", "nq": "nq_open"}
 
-
-# -----------------------------------------------------------------------------------------------
-# Metrics. SQuAD's exact match and F1 (the maximum over the gold answers), GSM8k's final number,
-# LAMBADA's last word.
-
-def normalize_answer(s):
-    """SQuAD v1.1's normalization: lower-case, drop ASCII punctuation, drop the articles
-    a/an/the, collapse white space."""
-    s = "".join(ch for ch in s.lower() if ch not in set(string.punctuation))
-    s = re.sub(r"\b(a|an|the)\b", " ", s)
-    return " ".join(s.split())
-
-
-def _golds(golds):
-    golds = [golds] if isinstance(golds, str) else list(golds)
-    if not golds:
-        raise ValueError("no gold answers to compare with")
-    return golds
-
-
-def exact_match(prediction, golds):
-    """1.0 if the normalized prediction equals any normalized gold answer, else 0.0."""
-    return float(any(normalize_answer(prediction) == normalize_answer(g) for g in _golds(golds)))
-
-
-def _f1_one(prediction, gold):
-    p, g = normalize_answer(prediction).split(), normalize_answer(gold).split()
-    if not p or not g:  # SQuAD v2's convention: two empty answers agree, one empty answer scores 0
-        return float(p == g)
-    same = sum((Counter(p) & Counter(g)).values())  # shared tokens, each counted at most as often as in both
-    if same == 0:
-        return 0.0
-    precision, recall = same / len(p), same / len(g)
-    return 2 * precision * recall / (precision + recall)
-
-
-def f1(prediction, golds):
-    """Token-overlap F1 after normalization, the maximum over the gold answers."""
-    return max(_f1_one(prediction, g) for g in _golds(golds))
-
-
-NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-
-
-def last_number(text):
-    """The last number in the text as a Decimal ('1,234' -> 1234, '-3.50' -> -3.5), or None."""
-    found = NUMBER.findall(text)
-    if not found:
-        return None
-    try:
-        return Decimal(found[-1].replace(",", ""))
-    except InvalidOperation:
-        return None
-
-
-def gsm8k_gold(answer):
-    """GSM8k's gold number: the one after '####' in the reference solution."""
-    if "####" not in answer:
-        raise ValueError("a GSM8k answer ends with '#### <number>'; this one has no '####'")
-    number = last_number(answer.split("####")[-1])
-    if number is None:
-        raise ValueError(f"no number after '####' in the GSM8k answer {answer[-40:]!r}")
-    return number
-
-
-def gsm8k_correct(prediction, gold_answer):
-    """GSM8k accuracy: the last number of the prediction equals the number after '####'."""
-    return float(last_number(prediction) == gsm8k_gold(gold_answer))
-
-
-def lambada_correct(prediction, word):
-    """LAMBADA: the first word the model produces is the passage's last word (ASCII punctuation
-    around either is ignored)."""
-    words = prediction.split()
-    return float(bool(words) and words[0].strip(string.punctuation) == word.strip(string.punctuation))
-
-
-def score_prediction(metric, prediction, golds):
-    if metric == "em":
-        return exact_match(prediction, golds)
-    if metric == "f1":
-        return f1(prediction, golds)
-    if metric == "gsm8k":
-        return gsm8k_correct(prediction, golds[0])
-    if metric == "lambada":
-        return lambada_correct(prediction, golds[0])
-    if metric == "exact":  # the built-in tasks: the answer string itself
-        return float(prediction.strip() in [g.strip() for g in golds])
-    raise ValueError(f"unknown metric {metric!r}")
-
-
-# -----------------------------------------------------------------------------------------------
-# The tasks. Every loader turns records into examples of one shape:
-#   generation:       {'prompt', 'target', 'answers'}   target = training continuation, answers = golds
-#   multiple choice:  {'prompt', 'target', 'choices', 'label'}   choices are the scored continuations
-# The prompt templates, in the style of evaluation harnesses (the answer follows after a space):
+# Prompt templates as evaluation harnesses write them; the answer follows after TARGET_DELIMITER.
 QA_PROMPT = "Question: {question}\nAnswer:"
 SQUAD_PROMPT = "Title: {title}\n\nBackground: {context}\n\nQuestion: {question}\n\nAnswer:"
-COQA_TURN = "Q: {question}\n\nA:"  # earlier turns as "Q: ...\n\nA: ...\n\n" after the story
+COQA_TURN = "Q: {question}\n\nA:"  # earlier turns come as "Q: ...\n\nA: ...\n\n" after the story
 CSQA_PROMPT = "Question: {question}\n{choices}\nAnswer:"  # choices as "A. text" lines
+TARGET_DELIMITER = " "  # lm-evaluation-harness's target_delimiter between prompt and answer
 
+
+# -----------------------------------------------------------------------------------------------
+# Reading records, shared by every task. Errors name the file, the line and the field.
 
 def read_records(path):
     """[(where, record)] from a JSON file, a JSON Lines file, or either gzipped. `where` names the
@@ -164,13 +79,16 @@ def read_records(path):
         with opener(path, "rt", encoding="utf-8") as f:
             text = f.read()
     except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: cannot read it as UTF-8 text{' (gzip)' if path.endswith('.gz') else ''}: {e}")
+        raise ValueError(f"{path}: cannot read it as UTF-8 text"
+                         f"{' (gzip)' if path.endswith('.gz') else ''}: {e}")
     if not text.strip():
         raise ValueError(f"{path}: the file is empty")
     if not re.search(r"\.jsonl(\.gz)?$", path):
         try:  # one JSON document (SQuAD, CoQA and WebQuestions originals) ...
             whole = json.loads(text)
-            return [(f"{path}, record {i}", r) for i, r in enumerate(whole)] if isinstance(whole, list) else [(path, whole)]
+            if isinstance(whole, list):
+                return [(f"{path}, record {i}", r) for i, r in enumerate(whole)]
+            return [(path, whole)]
         except json.JSONDecodeError:
             pass
     records = []  # ... or one JSON record a line
@@ -179,18 +97,19 @@ def read_records(path):
             try:
                 records.append((f"{path}, line {i}", json.loads(line)))
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {i}: not valid JSON ({e.msg}); expected one JSON record a "
-                                 "line (JSON Lines) or one JSON document")
+                raise ValueError(f"{path}, line {i}: not valid JSON ({e.msg}); expected one JSON "
+                                 "record a line (JSON Lines) or one JSON document")
     return records
 
 
 def field(record, key, where, task, kind=None):
     """record[key], or a ValueError that names the file, the line and the missing field."""
     if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected a JSON object (a {task} record), got {type(record).__name__}")
+        raise ValueError(f"{where}: expected a JSON object (a {task} record), "
+                         f"got {type(record).__name__}")
     if key not in record:
         raise ValueError(f"{where}: field {key!r} is missing from this {task} record (it has "
-                         f"{sorted(record)}); see the record formats in TASKS.md")
+                         f"{sorted(record)}); see the record format in tasks.py's {task} section")
     value = record[key]
     if kind is not None and not isinstance(value, kind):
         raise ValueError(f"{where}: field {key!r} of this {task} record should be a "
@@ -198,128 +117,283 @@ def field(record, key, where, task, kind=None):
     return value
 
 
-def gen_example(prompt, answers, where, target=None):
-    answers = [a for a in answers if isinstance(a, str) and a.strip()]
-    if not answers:
+def gen_example(prompt, answers, where):
+    """A generation example. Every gold is kept, even an empty one, since the official scripts
+    score against all of them; the training target is the first non-empty gold."""
+    if not all(isinstance(a, str) for a in answers):
+        raise ValueError(f"{where}: every gold answer should be a string, got {answers!r}")
+    first = next((a for a in answers if a.strip()), None)
+    if first is None:
         raise ValueError(f"{where}: no non-empty gold answer")
-    return {"prompt": prompt, "target": " " + answers[0] if target is None else target, "answers": answers}
+    return {"prompt": prompt, "target": TARGET_DELIMITER + first, "answers": list(answers)}
 
 
-def choice_example(prompt, choices, label, where):
+def choice_example(prompt, texts, label, where):
+    """A multiple-choice example; each choice is scored as the continuation ' ' + text, the text
+    exactly as the task's harness gives it (its length is what acc_norm divides by)."""
     try:
         label = int(label)
     except (TypeError, ValueError):
-        raise ValueError(f"{where}: label {label!r} is not a choice number (an unlabeled test split? "
-                         "evaluate on the validation/dev file)") from None
-    if not 0 <= label < len(choices):
-        raise ValueError(f"{where}: label {label} is outside the {len(choices)} choices")
-    choices = [" " + c.strip() for c in choices]
+        raise ValueError(f"{where}: label {label!r} is not a choice number (an unlabeled test "
+                         "split? evaluate on the validation/dev file)") from None
+    if not 0 <= label < len(texts):
+        raise ValueError(f"{where}: label {label} is outside the {len(texts)} choices")
+    choices = [TARGET_DELIMITER + t for t in texts]
     return {"prompt": prompt, "target": choices[label], "choices": choices, "label": label}
+
+
+# SQuAD's answer normalization, shared by SQuAD, CoQA, CommonsenseQA (and, after NFD, NQ and
+# WebQuestions): lower-case, drop ASCII punctuation, drop the articles a/an/the, collapse spaces.
+PUNCTUATION = set(string.punctuation)
+
+
+def normalize_answer(s):
+    s = "".join(ch for ch in s.lower() if ch not in PUNCTUATION)
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", s).split())
+
+
+def overlap_f1(prediction_tokens, gold_tokens):
+    """Token-overlap F1; a token counts as often as it appears in both. 0 when nothing is shared."""
+    same = sum((Counter(prediction_tokens) & Counter(gold_tokens)).values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(prediction_tokens), same / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+# -----------------------------------------------------------------------------------------------
+# GSM8K. Record: {"question", "answer": "steps with <<48/2=24>> calculator notes...\n#### 72"}.
+# The whole solution is the training target, so the model learns to end with '#### n' and then
+# the stop token (finetune.py adds <|endoftext|>, where decoding stops).
+GSM8K_ANSWER = re.compile(r"#### (-?[0-9.,]+)")
+FLEXIBLE_NUMBER = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
+
+
+def gsm8k_answer(text):
+    """grade-school-math's extract_answer: the first '#### number', commas removed, as a string
+    ('#### 5.00' stays '5.00', '#### $5' has none); None when there is none."""
+    found = GSM8K_ANSWER.search(text)
+    return found.group(1).replace(",", "") if found else None
+
+
+def _lm_eval_clean(s):
+    # lm-evaluation-harness gsm8k.yaml's exact_match: drop ',', '$', the text up to '#### ', one
+    # final '.', then compare ignoring case.
+    for pattern in (",", r"\$", r"(?s).*#### ", r"\.$"):
+        s = re.sub(pattern, "", s)
+    return s.lower()
+
+
+def score_gsm8k(prediction, golds):
+    # strict_match: grade-school-math dataset.py is_correct, first '#### n' equal as strings.
+    # (lm-evaluation-harness's 'strict-match' is the same rule but forgives one final '.'.)
+    # flexible_extract: lm-evaluation-harness gsm8k.yaml 'flexible-extract', the LAST number-like
+    # match; reported beside the official rule, never instead of it.
+    gold = gsm8k_answer(golds[0])
+    if gold is None:
+        raise ValueError(f"a GSM8K gold solution ends with '#### <number>'; got {golds[0][-40:]!r}")
+    found = FLEXIBLE_NUMBER.findall(prediction)
+    last = next(g for g in found[-1] if g).strip() if found else "[invalid]"
+    return {"strict_match": float(gsm8k_answer(prediction) == gold),
+            "flexible_extract": float(_lm_eval_clean(last) == _lm_eval_clean(golds[0]))}
 
 
 def parse_gsm8k(records, path):
     out = []
     for where, r in records:
-        question, answer = field(r, "question", where, "GSM8k", str), field(r, "answer", where, "GSM8k", str)
-        try:
-            gsm8k_gold(answer)
-        except ValueError as e:
-            raise ValueError(f"{where}: {e}") from None
-        # the whole solution is the target (steps, calculator notes, '#### n'); decoding stops at <|endoftext|>
+        question = field(r, "question", where, "GSM8K", str)
+        answer = field(r, "answer", where, "GSM8K", str)
+        found = GSM8K_ANSWER.search(answer)
+        if found is None or answer[found.end():].strip():
+            raise ValueError(f"{where}: a GSM8K answer ends with '#### <number>' (the number the "
+                             f"official script reads); this one ends {answer[-40:]!r}")
         out.append(gen_example(QA_PROMPT.format(question=question), [answer], where))
     return out
+
+
+# -----------------------------------------------------------------------------------------------
+# SQuAD v1.1. Original: {"data": [{"title", "paragraphs": [{"context", "qas": [{"id", "question",
+# "answers": [{"text", "answer_start"}]}]}]}]}; Hugging Face's flat layout: one question a record,
+# {"title", "context", "question", "answers": {"text": [...], "answer_start": [...]}}.
+
+def score_squad(prediction, golds):
+    # SQuAD evaluate-v1.1.py: EM and token F1, each the maximum over the golds.
+    # F1 is 0 whenever no token is shared, so an empty answer scores 0 (no empty-agrees rule).
+    p = normalize_answer(prediction)
+    return {"em": max(float(p == normalize_answer(g)) for g in golds),
+            "f1": max(overlap_f1(p.split(), normalize_answer(g).split()) for g in golds)}
 
 
 def parse_squad(records, path):
     out = []
     for where, r in records:
-        if isinstance(r, dict) and "data" in r:  # the original nested layout
-            for i, article in enumerate(field(r, "data", where, "SQuAD", list)):
-                title = field(article, "title", f"{where}, data[{i}]", "SQuAD")
-                for j, para in enumerate(field(article, "paragraphs", f"{where}, data[{i}]", "SQuAD", list)):
-                    context = field(para, "context", f"{where}, data[{i}].paragraphs[{j}]", "SQuAD", str)
-                    for k, qa in enumerate(field(para, "qas", f"{where}, data[{i}].paragraphs[{j}]", "SQuAD", list)):
-                        w = f"{where}, data[{i}].paragraphs[{j}].qas[{k}]"
-                        answers = [field(a, "text", w + ".answers", "SQuAD") for a in field(qa, "answers", w, "SQuAD", list)]
-                        prompt = SQUAD_PROMPT.format(title=title, context=context, question=field(qa, "question", w, "SQuAD"))
-                        out.append(gen_example(prompt, answers, w + " (SQuAD v2's unanswerable questions are not supported)"))
-        else:  # Hugging Face's flat layout: one question a record, answers {'text': [...], 'answer_start': [...]}
+        if not (isinstance(r, dict) and "data" in r):  # the flat layout
             answers = field(r, "answers", where, "SQuAD", dict)
-            prompt = SQUAD_PROMPT.format(title=r.get("title", ""), context=field(r, "context", where, "SQuAD", str),
+            prompt = SQUAD_PROMPT.format(title=r.get("title", ""),
+                                         context=field(r, "context", where, "SQuAD", str),
                                          question=field(r, "question", where, "SQuAD", str))
-            out.append(gen_example(prompt, field(answers, "text", where + ", answers", "SQuAD", list), where))
+            golds = field(answers, "text", where + ", answers", "SQuAD", list)
+            out.append(gen_example(prompt, golds, where))
+            continue
+        for i, article in enumerate(field(r, "data", where, "SQuAD", list)):
+            w_article = f"{where}, data[{i}]"
+            title = field(article, "title", w_article, "SQuAD")
+            for j, para in enumerate(field(article, "paragraphs", w_article, "SQuAD", list)):
+                w_para = f"{w_article}.paragraphs[{j}]"
+                context = field(para, "context", w_para, "SQuAD", str)
+                for k, qa in enumerate(field(para, "qas", w_para, "SQuAD", list)):
+                    w = f"{w_para}.qas[{k}]"
+                    golds = [field(a, "text", w + ".answers", "SQuAD")
+                             for a in field(qa, "answers", w, "SQuAD", list)]
+                    prompt = SQUAD_PROMPT.format(title=title, context=context,
+                                                 question=field(qa, "question", w, "SQuAD"))
+                    out.append(gen_example(prompt, golds, w + " (SQuAD v2's unanswerable "
+                                                              "questions are not supported)"))
     return out
+
+
+# -----------------------------------------------------------------------------------------------
+# CoQA. Original: {"data": [{"id", "story", "questions": [{"turn_id", "input_text"}], "answers":
+# [{"turn_id", "input_text", ...}], "additional_answers" (dev only): {"0": [answers], ...}}]};
+# Hugging Face's flat layout: {"story", "questions": [str], "answers": {"input_text": [str]}},
+# one gold a turn. An example's answers are all golds of its turn: the answer, then the others.
+
+def _coqa_f1(prediction_tokens, gold_tokens):
+    if not prediction_tokens or not gold_tokens:  # CoQA's rule: two empty answers agree
+        return float(prediction_tokens == gold_tokens)
+    return overlap_f1(prediction_tokens, gold_tokens)
+
+
+def score_coqa(prediction, golds):
+    # CoQA evaluate-v1.0.py: EM and F1 averaged over leaving each gold out, of the best score
+    # against the others; one gold: against it. (lm-evaluation-harness's coqa first drops
+    # repeated golds, which changes the average: the official script keeps them.)
+    p = normalize_answer(prediction)
+    em = [float(p == normalize_answer(g)) for g in golds]
+    f1 = [_coqa_f1(p.split(), normalize_answer(g).split()) for g in golds]
+    if len(golds) == 1:
+        return {"em": em[0], "f1": f1[0]}
+    n = len(golds)
+    return {"em": sum(max(em[:i] + em[i + 1:]) for i in range(n)) / n,
+            "f1": sum(max(f1[:i] + f1[i + 1:]) for i in range(n)) / n}
 
 
 def parse_coqa(records, path):
-    out = []
     stories = [(f"{w}, data[{i}]", s) for w, r in records if isinstance(r, dict) and "data" in r
                for i, s in enumerate(field(r, "data", w, "CoQA", list))] or records
+    out = []
     for where, s in stories:
-        story, questions = field(s, "story", where, "CoQA", str), field(s, "questions", where, "CoQA", list)
+        story = field(s, "story", where, "CoQA", str)
+        questions = field(s, "questions", where, "CoQA", list)
         answers = field(s, "answers", where, "CoQA", (list, dict))
-        if isinstance(answers, dict):  # Hugging Face: questions [str], answers {'input_text': [str], ...}
-            turns = [(q, [a]) for q, a in zip(questions, field(answers, "input_text", where, "CoQA", list))]
-        else:  # original: questions/answers [{'turn_id', 'input_text'}], dev adds additional_answers
-            extra = s.get("additional_answers", {})
-            turns = []
-            for t, (q, a) in enumerate(zip(questions, answers)):
-                w = f"{where}, questions[{t}]"
-                golds = [field(a, "input_text", w, "CoQA")] + [x[t]["input_text"] for x in extra.values() if t < len(x)]
-                turns.append((field(q, "input_text", w, "CoQA"), golds))
-        if len(turns) != len(questions):
-            raise ValueError(f"{where}: {len(questions)} questions but {len(turns)} answers")
-        history = story + "\n\n"
+        if isinstance(answers, dict):  # flat: the questions as strings, one gold a turn
+            texts = field(answers, "input_text", where + ", answers", "CoQA", list)
+            if len(texts) != len(questions):
+                raise ValueError(f"{where}: {len(questions)} questions but {len(texts)} answers")
+            turns = [(q, [a]) for q, a in zip(questions, texts)]
+        else:  # original: the answer, then each annotator's additional answer of the same turn
+            lists = [answers] + list(s.get("additional_answers", {}).values())
+            if any(len(x) != len(questions) for x in lists):
+                raise ValueError(f"{where}: {len(questions)} questions but answer lists of "
+                                 f"lengths {[len(x) for x in lists]}")
+            turns = [(field(q, "input_text", f"{where}, turn {t + 1}", "CoQA"),
+                      [field(x[t], "input_text", f"{where}, turn {t + 1}", "CoQA") for x in lists])
+                     for t, q in enumerate(questions)]
+        history = story + "\n\n"  # each turn's prompt holds the story and every earlier turn
         for t, (q, golds) in enumerate(turns):
-            out.append(gen_example(history + COQA_TURN.format(question=q), golds, f"{where}, turn {t + 1}"))
+            out.append(gen_example(history + COQA_TURN.format(question=q), golds,
+                                   f"{where}, turn {t + 1}"))
             history += COQA_TURN.format(question=q) + " " + golds[0] + "\n\n"
     return out
+
+
+# -----------------------------------------------------------------------------------------------
+# CommonsenseQA. Original: {"question": {"stem", "choices": [{"label", "text"}]}, "answerKey"};
+# Hugging Face: {"question": str, "choices": {"label": [...], "text": [...]}, "answerKey"}.
+# As the paper does, the model decodes the answer text. Scored by likelihood instead (finetune.py
+# --score_choices), the continuations are the letters, as lm-evaluation-harness's commonsense_qa
+# does: choices -> example["choice_letters"] (" A" ... " E"), target -> choice_letters[label].
+
+def score_commonsense_qa(prediction, golds):
+    # The paper's exact match of the decoded answer; it names no script: SQuAD's normalization.
+    p = normalize_answer(prediction)
+    return {"em": max(float(p == normalize_answer(g)) for g in golds)}
 
 
 def parse_commonsense_qa(records, path):
     out = []
     for where, r in records:
-        q = field(r, "question", where, "CommonSenseQA")
-        if isinstance(q, dict):  # original: question {'stem', 'choices': [{'label', 'text'}]}
-            stem, choices = field(q, "stem", where + ", question", "CommonSenseQA"), field(q, "choices", where + ", question", "CommonSenseQA", list)
+        q = field(r, "question", where, "CommonsenseQA")
+        if isinstance(q, dict):  # original
+            stem = field(q, "stem", where + ", question", "CommonsenseQA")
+            choices = field(q, "choices", where + ", question", "CommonsenseQA", list)
             labels, texts = [c["label"] for c in choices], [c["text"] for c in choices]
-        else:  # Hugging Face: question str, choices {'label': [...], 'text': [...]}
-            choices = field(r, "choices", where, "CommonSenseQA", dict)
-            stem, labels, texts = q, field(choices, "label", where, "CommonSenseQA"), field(choices, "text", where, "CommonSenseQA")
-        key = field(r, "answerKey", where, "CommonSenseQA")
+        else:  # Hugging Face
+            choices = field(r, "choices", where, "CommonsenseQA", dict)
+            stem = q
+            labels = field(choices, "label", where, "CommonsenseQA")
+            texts = field(choices, "text", where, "CommonsenseQA")
+        key = field(r, "answerKey", where, "CommonsenseQA")
         if key not in labels:
-            raise ValueError(f"{where}: answerKey {key!r} is not one of the choice labels {labels} (an "
-                             "unlabeled test split? evaluate on the dev/validation file)")
+            raise ValueError(f"{where}: answerKey {key!r} is not one of the choice labels {labels} "
+                             "(an unlabeled test split? evaluate on the dev/validation file)")
         lines = "\n".join(f"{lab}. {text}" for lab, text in zip(labels, texts))
-        ex = choice_example(CSQA_PROMPT.format(question=stem.strip(), choices=lines), texts, labels.index(key), where)
-        ex["answers"] = [texts[ex["label"]]]  # the paper decodes the answer and scores exact match
+        prompt = CSQA_PROMPT.format(question=stem.strip(), choices=lines)
+        ex = choice_example(prompt, texts, labels.index(key), where)
+        ex["answers"] = [texts[ex["label"]]]
+        ex["choice_letters"] = [TARGET_DELIMITER + lab for lab in labels]
         out.append(ex)
     return out
+
+
+# -----------------------------------------------------------------------------------------------
+# PIQA and HellaSwag, scored by likelihood. PIQA original: {"goal", "sol1", "sol2"} with the
+# labels one a line in NAME-labels.lst beside it; Hugging Face adds "label". HellaSwag: {"ctx_a",
+# "ctx_b", "activity_label", "endings": [4], "label"} (a string on Hugging Face).
+
+def _argmax(values):
+    return max(range(len(values)), key=values.__getitem__)  # the first of equal maxima
+
+
+def choose(logprobs, choices):
+    """The choices picked as lm-evaluation-harness's multiple_choice picks them, given each
+    continuation's summed log-probability: acc by the sum; acc_norm by the sum divided by the
+    length in characters of the choice text as doc_to_choice gives it, i.e. without the ' ' the
+    harness puts before each continuation. Ties go to the first choice, as numpy.argmax."""
+    if not choices or len(logprobs) != len(choices):
+        raise ValueError(f"{len(logprobs)} log-probabilities for {len(choices)} choices")
+    lengths = [len(c.removeprefix(TARGET_DELIMITER)) for c in choices]
+    # numpy divides a negative sum by an empty text's length 0 into -inf: never picked.
+    norm = [lp / n if n else -math.inf for lp, n in zip(logprobs, lengths)]
+    return {"acc": _argmax(list(logprobs)), "acc_norm": _argmax(norm)}
 
 
 def parse_piqa(records, path):
     labels = None
     if records and isinstance(records[0][1], dict) and "label" not in records[0][1]:
         # The original release keeps the labels beside the data: train.jsonl + train-labels.lst.
-        base = re.sub(r"\.jsonl?(\.gz)?$", "", path)
-        lst = base + "-labels.lst"
+        lst = re.sub(r"\.jsonl?(\.gz)?$", "", path) + "-labels.lst"
         if not os.path.exists(lst):
-            raise ValueError(f"{path}: PIQA records carry no 'label', and the labels file {lst} (one 0/1 a "
-                             "line, from the original release) is missing")
+            raise ValueError(f"{path}: PIQA records carry no 'label', and the labels file {lst} "
+                             "(one 0/1 a line, from the original release) is missing")
         with open(lst, encoding="utf-8") as f:
-            labels = [(f"{lst}, line {i}", line.strip()) for i, line in enumerate(f, 1) if line.strip()]
+            labels = [(f"{lst}, line {i}", line.strip()) for i, line in enumerate(f, 1)
+                      if line.strip()]
         if len(labels) != len(records):
-            raise ValueError(f"{lst} has {len(labels)} labels but {path} has {len(records)} records")
+            raise ValueError(f"{lst} has {len(labels)} labels but {path} has "
+                             f"{len(records)} records")
     out = []
     for i, (where, r) in enumerate(records):
-        goal, sols = field(r, "goal", where, "PIQA", str), [field(r, k, where, "PIQA", str) for k in ("sol1", "sol2")]
+        goal = field(r, "goal", where, "PIQA", str)
+        sols = [field(r, k, where, "PIQA", str) for k in ("sol1", "sol2")]
         label_where, label = labels[i] if labels else (where, field(r, "label", where, "PIQA"))
         out.append(choice_example(QA_PROMPT.format(question=goal), sols, label, label_where))
     return out
 
 
 def _hellaswag_clean(text):
-    # WikiHow contexts carry markup such as '[title]' and '[header]'; harnesses clean it like this.
+    # lm-evaluation-harness's hellaswag preprocess: WikiHow markup ' [title]' becomes '. ', other
+    # [tags] go, double spaces become one.
     text = text.strip().replace(" [title]", ". ")
     return re.sub(r"\[.*?\]", "", text).replace("  ", " ")
 
@@ -327,32 +401,63 @@ def _hellaswag_clean(text):
 def parse_hellaswag(records, path):
     out = []
     for where, r in records:
-        ctx = field(r, "ctx_a", where, "HellaSwag", str) + " " + field(r, "ctx_b", where, "HellaSwag", str).capitalize()
-        prompt = _hellaswag_clean(field(r, "activity_label", where, "HellaSwag", str) + ": " + ctx)
+        ctx = (field(r, "ctx_a", where, "HellaSwag", str) + " "
+               + field(r, "ctx_b", where, "HellaSwag", str).capitalize())
+        label = field(r, "activity_label", where, "HellaSwag", str)
         endings = [_hellaswag_clean(e) for e in field(r, "endings", where, "HellaSwag", list)]
-        out.append(choice_example(prompt, endings, field(r, "label", where, "HellaSwag"), where))
+        out.append(choice_example(_hellaswag_clean(label + ": " + ctx), endings,
+                                  field(r, "label", where, "HellaSwag"), where))
     return out
+
+
+# -----------------------------------------------------------------------------------------------
+# LAMBADA (OpenAI's version, {"text"} one passage a line): the prompt is the passage up to its
+# last space, the gold the word after it, the target ' ' + word (lm-evaluation-harness's split).
+
+def score_lambada(prediction, golds):
+    # lm-evaluation-harness lambada_openai 'acc': greedy decoding reproduces ' ' + last word.
+    # finetune.py decodes as many tokens as the target has and passes their text, so
+    # punctuation, quotes, apostrophes and case all count (unlike a first-word rule).
+    return {"acc": float(prediction == TARGET_DELIMITER + golds[0])}
 
 
 def parse_lambada(records, path):
     out = []
     for where, r in records:
-        text = field(r, "text", where, "LAMBADA", str).rstrip()
+        text = field(r, "text", where, "LAMBADA", str)
         cut = text.rfind(" ")
-        if cut <= 0:
-            raise ValueError(f"{where}: a LAMBADA passage needs several words; the target is the last one")
+        if cut <= 0 or not text[cut + 1:].strip():
+            raise ValueError(f"{where}: a LAMBADA passage is several words, the target being the "
+                             f"text after the last space; this one ends {text[-40:]!r}")
         out.append(gen_example(text[:cut], [text[cut + 1:]], where))
     return out
+
+
+# -----------------------------------------------------------------------------------------------
+# WebQuestions and NaturalQuestions (open). WebQuestions original: {"utterance", "targetValue":
+# "(list (description X) ...)"}; Hugging Face: {"question", "answers": [...]}. NQ-open:
+# {"question", "answer": [...]}.
+
+def score_open_qa(prediction, golds):
+    # ORQA orqa/utils/eval_utils.py: exact match after Unicode NFD + SQuAD's normalization, max
+    # over the golds.
+    p = normalize_answer(unicodedata.normalize("NFD", prediction))
+    return {"em": max(float(p == normalize_answer(unicodedata.normalize("NFD", g)))
+                      for g in golds)}
+
+
+WEBQ_DESCRIPTION = re.compile(r'\(description (?:"((?:[^"\\]|\\.)*)"|([^()]*))\)')
 
 
 def parse_webquestions(records, path):
     out = []
     for where, r in records:
-        if isinstance(r, dict) and "targetValue" in r:  # original: utterance, targetValue "(list (description X) ...)"
-            answers = [a or b for a, b in re.findall(r'\(description (?:"((?:[^"\\]|\\.)*)"|([^()]*))\)', r["targetValue"])]
+        if isinstance(r, dict) and "targetValue" in r:  # original
+            answers = [a or b for a, b in WEBQ_DESCRIPTION.findall(r["targetValue"])]
             question = field(r, "utterance", where, "WebQuestions", str)
-        else:  # Hugging Face: question, answers [str]
-            question, answers = field(r, "question", where, "WebQuestions", str), field(r, "answers", where, "WebQuestions", list)
+        else:  # Hugging Face
+            question = field(r, "question", where, "WebQuestions", str)
+            answers = field(r, "answers", where, "WebQuestions", list)
         out.append(gen_example(QA_PROMPT.format(question=question), answers, where))
     return out
 
@@ -362,28 +467,53 @@ def parse_nq_open(records, path):
                         field(r, "answer", w, "NaturalQuestions", list), w) for w, r in records]
 
 
+# -----------------------------------------------------------------------------------------------
+# The built-in world tasks, drawn from the pretraining corpus's world (data.py): the prompt is
+# written as in the corpus ("12+35=") and the answer follows with no space, ended by a newline.
+
+def score_exact(prediction, golds):
+    # The built-in tasks' own rule: the prediction, stripped, is one of the golds.
+    return {"exact": float(prediction.strip() in [g.strip() for g in golds])}
+
+
+# -----------------------------------------------------------------------------------------------
+# The registry, scoring and loading.
+
 @dataclass(frozen=True)
 class Task:
-    parse: object       # (records, path) -> examples
-    metric: str         # em | f1 | gsm8k | lambada | exact | acc (a choice scored by likelihood)
-    files: tuple        # (train file names, evaluation file names) of the original release
-    stop: str = "newline"  # generation stops at a newline, or only at <|endoftext|> (GSM8k's solutions)
+    parse: object         # (records, path) -> examples
+    metric: str           # the main key of score's dict (choose's for a choice task)
+    files: tuple          # (train file names, evaluation file names) of the original release
+    stop: str = "newline"  # generation stops at a newline, or only at <|endoftext|> ("eot")
+    source: str = ""      # the official script the metric follows
+    scorer: object = None  # (prediction, golds) -> dict; None: a choice task, scored by choose()
 
 
+LM_EVAL = "lm-evaluation-harness "
 TASKS = {
-    "gsm8k": Task(parse_gsm8k, "gsm8k", (["train.jsonl"], ["test.jsonl"]), stop="eot"),
-    "squad": Task(parse_squad, "em", (["train-v1.1.json"], ["dev-v1.1.json"])),
-    "coqa": Task(parse_coqa, "f1", (["coqa-train-v1.0.json"], ["coqa-dev-v1.0.json"])),
-    "commonsense_qa": Task(parse_commonsense_qa, "em", (["train_rand_split.jsonl"], ["dev_rand_split.jsonl"])),
-    "piqa": Task(parse_piqa, "acc", (["train.jsonl"], ["valid.jsonl"])),
-    "hellaswag": Task(parse_hellaswag, "acc", (["hellaswag_train.jsonl"], ["hellaswag_val.jsonl"])),
-    "lambada": Task(parse_lambada, "lambada", ([], ["lambada_test.jsonl"])),
-    "webquestions": Task(parse_webquestions, "em", (["webquestions.examples.train.json"], ["webquestions.examples.test.json"])),
-    "nq_open": Task(parse_nq_open, "em", (["NQ-open.train.jsonl"], ["NQ-open.dev.jsonl"])),
+    "gsm8k": Task(parse_gsm8k, "strict_match", (["train.jsonl"], ["test.jsonl"]), stop="eot",
+                  source="grade-school-math dataset.py extract_answer", scorer=score_gsm8k),
+    "squad": Task(parse_squad, "em", (["train-v1.1.json"], ["dev-v1.1.json"]),
+                  source="SQuAD evaluate-v1.1.py", scorer=score_squad),
+    "coqa": Task(parse_coqa, "f1", (["coqa-train-v1.0.json"], ["coqa-dev-v1.0.json"]),
+                 source="CoQA evaluate-v1.0.py", scorer=score_coqa),
+    "commonsense_qa": Task(parse_commonsense_qa, "em", (["train_rand_split.jsonl"],
+                                                        ["dev_rand_split.jsonl"]),
+                           source="exact match of the decoded answer (SQuAD normalization)",
+                           scorer=score_commonsense_qa),
+    "piqa": Task(parse_piqa, "acc", (["train.jsonl"], ["valid.jsonl"]), source=LM_EVAL + "piqa"),
+    "hellaswag": Task(parse_hellaswag, "acc", (["hellaswag_train.jsonl"], ["hellaswag_val.jsonl"]),
+                      source=LM_EVAL + "hellaswag"),
+    "lambada": Task(parse_lambada, "acc", ([], ["lambada_test.jsonl"]),
+                    source=LM_EVAL + "lambada_openai", scorer=score_lambada),
+    "webquestions": Task(parse_webquestions, "em", (["webquestions.examples.train.json"],
+                                                    ["webquestions.examples.test.json"]),
+                         source="ORQA orqa/utils/eval_utils.py", scorer=score_open_qa),
+    "nq_open": Task(parse_nq_open, "em", (["NQ-open.train.jsonl"], ["NQ-open.dev.jsonl"]),
+                    source="ORQA orqa/utils/eval_utils.py", scorer=score_open_qa),
 }
-# The built-in tasks, drawn from the pretraining corpus's world (data.py): the prompt is written as
-# in the corpus ("12+35=") and the answer follows with no space, ended by a newline.
-BUILTIN = {f"world:{name}": Task(None, "exact", ((), ())) for name in sorted(WORLD_TASKS)}
+BUILTIN = {f"world:{name}": Task(None, "exact", ((), ()), source="exact string match",
+                                 scorer=score_exact) for name in sorted(WORLD_TASKS)}
 # Hugging Face's split names, tried after the original file names; an evaluation split prefers
 # validation/dev, since several tasks' test splits carry no labels.
 HF_SPLITS = (["train"], ["validation", "dev", "valid", "val", "test"])
@@ -391,12 +521,25 @@ EXTENSIONS = ["", ".gz"], [".jsonl", ".json", ".jsonl.gz", ".json.gz"]
 
 
 def get_task(name):
-    name = TASK_ALIASES.get(name, name)  # csqa, commonsenseqa, nq, as data.py's download accepts
+    name = TASK_ALIASES.get(name, name)  # csqa, commonsenseqa, nq, as prepare.py accepts
     if name in TASKS:
         return TASKS[name]
     if name in BUILTIN:
         return BUILTIN[name]
-    raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(list(TASKS) + list(BUILTIN))}")
+    known = ", ".join(list(TASKS) + list(BUILTIN))
+    raise ValueError(f"unknown task {name!r}; known tasks: {known}")
+
+
+def score(task, prediction, golds):
+    """Every metric the task's official script reports for one generated answer, each in [0, 1].
+    task: a Task or its name; golds: the example's 'answers'."""
+    task = get_task(task) if isinstance(task, str) else task
+    golds = [golds] if isinstance(golds, str) else list(golds)
+    if not golds:
+        raise ValueError("no gold answers to compare with")
+    if task.scorer is None:
+        raise ValueError(f"{task.source} is multiple choice: pick with choose(logprobs, choices)")
+    return task.scorer(prediction, golds)
 
 
 def task_file(name, path, split):
@@ -406,8 +549,8 @@ def task_file(name, path, split):
         return path
     name = TASK_ALIASES.get(name, name)
     if not os.path.isdir(path):
-        raise ValueError(f"task data {path!r} not found; download it with `python prepare.py task {name} --out DIR` "
-                         "and pass --data DIR")
+        raise ValueError(f"task data {path!r} not found; download it with "
+                         f"`python prepare.py task {name} --out DIR` and pass --data DIR")
     original = get_task(name).files[split == "test"]
     names = [n + gz for n in original for gz in EXTENSIONS[0]]
     names += [s + ext for s in HF_SPLITS[split == "test"] for ext in EXTENSIONS[1]]
@@ -415,24 +558,38 @@ def task_file(name, path, split):
         for n in names:
             if os.path.isfile(os.path.join(folder, n)):
                 return os.path.join(folder, n)
+    hint = " (LAMBADA has only a test split: pass a training file with --data FILE)"
     raise ValueError(f"no {split} file for {name} in {path}/{name}/ or {path}/; looked for {names}"
-                     + (" (LAMBADA has only a test split: pass a training file with --data FILE)" if name == "lambada" else ""))
+                     + (hint if name == "lambada" else ""))
 
 
 def load_task(name, path=None, split="test", n=-1, seed=0):
     """Examples of a task's split ('train' or 'test', where 'test' is the evaluation split:
     validation/dev where the test labels are not public). Real tasks read `path` (a file, or a
-    directory holding the usual file names); built-in 'world:*' tasks are generated (n examples)."""
+    directory holding the usual file names); n = -1 takes the whole split, n > 0 a random subset
+    of n drawn with `seed` (kept in file order). Built-in 'world:*' tasks generate n examples
+    (1000 for -1)."""
     task, name = get_task(name), TASK_ALIASES.get(name, name)
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if n == 0 or n < -1:
+        raise ValueError(f"the number of examples is -1 (the whole split) or positive, got {n}")
     if name in BUILTIN:
         examples = synthetic_task(name.split(":")[1], split, n if n > 0 else 1000, seed)
-        return [{"prompt": e["prompt"], "target": e["answer"], "answers": [e["answer"]]} for e in examples]
+        return [{"prompt": e["prompt"], "target": e["answer"], "answers": [e["answer"]]}
+                for e in examples]
     if not path:
-        raise ValueError(f"task {name!r} needs its files: --data DIR (after `python prepare.py task {name} --out DIR`)")
+        raise ValueError(f"task {name!r} needs its files: --data DIR "
+                         f"(after `python prepare.py task {name} --out DIR`)")
     file = task_file(name, path, split)
     examples = task.parse(read_records(file), file)
     if not examples:
         raise ValueError(f"{file}: no examples found")
-    return examples[:n] if n > 0 else examples
+    if n > len(examples):
+        raise ValueError(f"{file}: {n} examples asked for, but the split has {len(examples)}; "
+                         "pass -1 for the whole split")
+    if 0 < n < len(examples):
+        keep = sorted(random.Random(seed).sample(range(len(examples)), n))
+        examples = [examples[i] for i in keep]
+    return examples
+
