@@ -2,23 +2,22 @@
 How fast is pause-pretraining? One run measures and prints a table of:
 
   1. the data loader alone: tokens/s on one CPU core, pause_frac 0 and 0.1;
-  2. a training step of a model preset: tokens/s, ms per step, MFU against a matmul peak measured in
-     the same run, peak memory, pause_frac 0 and 0.1, and the same step with the batch already on the
-     device (so any wait for data shows up as a difference);
-  3. generation: KV-cached against full re-run decoding for a pause-inference prompt.
+  2. a training step of a model preset: tokens/s, ms per step, MFU against a matmul peak measured
+     in the same run, peak memory, pause_frac 0 and 0.1, and the same step with the batch already
+     on the device (so any wait for data shows up as a difference);
+  3. generation: KV-cached against full re-run decoding for a pause-inference prompt, and prompts
+     of mixed lengths decoded as one batch against one at a time.
 
 Each target is a ratio or a share taken within this one run, printed with PASS/FAIL next to it.
 
-    python bench.py                                   # tiny preset on the CPU, under 2 minutes
+    python bench.py                                   # tiny preset on the CPU, a few minutes
     python bench.py --preset 130m --json out.json     # on a GPU: bf16, torch.compile
 """
-import argparse
 import gc
 import math
 import os
 import platform
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -26,92 +25,75 @@ import torch
 from tqdm import tqdm
 
 import pause
+from common import config_parser, resolve_device, resolve_dtype, write_json
 from data import PretrainLoader, to_device
 from model import GPT, PRESETS, config_from_preset
-from common import write_json
 
-# The bench needs only the vocabulary's size and the pause id of each tokenizer (data.get_tokenizer),
-# not its merge files: a GPU machine without internet cannot download GPT-2's. tests/test_bench.py
-# checks these against the real tokenizers.
+# The bench needs only the vocabulary's size and the pause id of each tokenizer (data.py), not its
+# merge files: a GPU machine without internet cannot download GPT-2's. tests/test_bench.py checks
+# these against the real tokenizers.
 VOCAB = {"byte": dict(vocab_size=258, pause_id=257), "gpt2": dict(vocab_size=50258, pause_id=50257)}
 # Micro-batch per preset. 1b at context 2048 in bf16 with AdamW needs ~16 bytes per parameter plus
 # activations; 8 fits a 141 GB H200, and an out-of-memory error halves it and tries again.
 BATCH_SIZE = {"tiny": 8, "130m": 8, "1b": 8}
-# Targets from the issue; each compares figures measured in the same run.
+# The generation tests run at up to the paper's context, whatever the preset's (the tiny model's
+# position table is grown for them); longer prompts and more pauses are refused.
+GENERATE_CONTEXT = 2048
+# The targets; each compares figures measured in the same run.
 LOADER_TOKENS_PER_S = 20e6       # per CPU core, with pause insertion
 PAUSE_STEP_COST = 0.03           # pause_frac 0.1 against 0: at most 3% more time per step
 MFU_TARGET = {"130m": 0.60, "1b": 0.70}  # on an H100 or H200 at context 2048, bf16, torch.compile
-DATA_WAIT = 0.02                 # step with the loader against a preloaded batch: the GPU never waits
+DATA_WAIT = 0.02                 # step with the loader against a preloaded batch: no GPU wait
 KV_SPEEDUP = 10.0                # KV-cached against full re-run, 256 new tokens after 1024
+BATCHED_SPEEDUP = {("tiny", "cpu"): 5.0, ("130m", "cuda"): 20.0}  # 64 prompts against one by one
+ONE_BY_ONE = 8                   # prompts decoded one at a time for the batch-1 rate
 
 
 @dataclass
 class BenchConfig:
-    preset: str = "tiny"
-    device: str = "auto"          # auto: cuda if available, else cpu
-    batch_size: int = 0           # 0: the preset's default (BATCH_SIZE)
-    block_size: int = 0           # 0: the preset's context
-    compile: bool = None          # None: on for cuda, off elsewhere
+    preset: str = "tiny"          # the model's shape
+    device: str = "auto"          # auto (cuda if available, else cpu), cpu, cuda, cuda:N
+    batch_size: int = 0           # training micro-batch; 0: the preset's default
+    block_size: int = 0           # training context; 0: the preset's
+    compile: bool = None          # torch.compile the model; unset: on for cuda, off elsewhere
     dtype: str = "auto"           # auto: bfloat16 on cuda, float32 on cpu
     steps: int = 0                # timed steps per measurement; 0: 20 on cuda, 3 on cpu
-    warmup: int = 0               # untimed steps first (compilation happens here); 0: 5 on cuda, 1 on cpu
-    rounds: int = 0               # each training measurement is repeated, the fastest round counts;
-                                  # 0: 2 on cuda, 3 on cpu
-    what: str = "loader,train,generate"
-    pause_frac: float = 0.1       # the paper's M_pt = 10% of the sequence
+    warmup: int = 0               # untimed steps first (compilation); 0: 5 on cuda, 1 on cpu
+    rounds: int = 0               # repeats of each training measurement; 0: 2 on cuda, 3 on cpu
+    what: str = "loader,train,generate"  # a comma-separated subset of loader,train,generate
+    pause_frac: float = 0.1       # training: the paper's M_pt = 10% of the sequence
     tokenizer: str = "auto"       # auto: byte for tiny, gpt2 otherwise
-    prompt_len: int = 1024        # generation: prompt tokens, then num_pauses pauses (M_inf) ...
-    num_pauses: int = 10
-    new_tokens: int = 256         # ... then this many decoded tokens
+    prompt_len: int = 1024        # generation: the prompt of the KV-cache test, in tokens
+    num_pauses: int = 10          # generation: M_inf pauses after each prompt
+    new_tokens: int = 256         # generation: tokens decoded after the pauses
+    batch_prompts: int = 64       # batched decoding: prompts of mixed lengths in one batch
+    batch_prompt_len: int = 0     # batched decoding: the longest prompt; 0: context / 4
     loader_seconds: float = 1.0   # how long each loader measurement runs
-    json: str = ""                # also write the figures here
-    seed: int = 0
+    json: str = ""                # also write the figures to this file
+    seed: int = 0                 # for the synthetic tokens and the model's initialization
 
 
 def parse_args(argv=None):
-    d = BenchConfig()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default=d.preset, choices=sorted(PRESETS))
-    p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--batch_size", type=int, default=d.batch_size, help="0: the preset's default")
-    p.add_argument("--block_size", type=int, default=d.block_size, help="0: the preset's context")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=d.compile,
-                   help="torch.compile the model (default: on for cuda)")
-    p.add_argument("--dtype", default=d.dtype, choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--steps", type=int, default=d.steps, help="0: 20 on cuda, 3 on cpu")
-    p.add_argument("--warmup", type=int, default=d.warmup, help="0: 5 on cuda, 1 on cpu")
-    p.add_argument("--rounds", type=int, default=d.rounds, help="0: 2 on cuda, 3 on cpu")
-    p.add_argument("--what", default=d.what, help="comma-separated subset of loader,train,generate")
-    p.add_argument("--pause_frac", type=float, default=d.pause_frac)
-    p.add_argument("--tokenizer", default=d.tokenizer, choices=["auto", *VOCAB])
-    p.add_argument("--prompt_len", type=int, default=d.prompt_len)
-    p.add_argument("--num_pauses", type=int, default=d.num_pauses, help="M_inf for the generation test")
-    p.add_argument("--new_tokens", type=int, default=d.new_tokens)
-    p.add_argument("--loader_seconds", type=float, default=d.loader_seconds)
-    p.add_argument("--json", default=d.json, help="also write the figures to this file")
-    p.add_argument("--seed", type=int, default=d.seed)
-    cfg = BenchConfig(**vars(p.parse_args(argv)))
-    return resolve(cfg)
+    parser = config_parser(BenchConfig, __doc__, choices={
+        "preset": sorted(PRESETS), "dtype": ["auto", "float32", "bfloat16"],
+        "tokenizer": ["auto", *VOCAB]})
+    return resolve(BenchConfig(**vars(parser.parse_args(argv))))
 
 
 def resolve(cfg):
     """Fill in the 'auto' settings and check the rest, naming the flag at fault."""
     parts = [w.strip() for w in cfg.what.split(",") if w.strip()]
-    bad = [w for w in parts if w not in ("loader", "train", "generate")]
-    if bad or not parts:
-        raise SystemExit(f"--what {cfg.what!r}: use a comma-separated subset of loader,train,generate")
+    if not parts or any(w not in ("loader", "train", "generate") for w in parts):
+        raise SystemExit(f"--what {cfg.what!r}: use a comma-separated subset of "
+                         "loader,train,generate")
     cfg.what = ",".join(parts)
     if cfg.preset not in PRESETS:
         raise SystemExit(f"--preset {cfg.preset!r}: choose one of {sorted(PRESETS)}")
-    if cfg.device == "auto":
-        cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg.device = resolve_device(cfg.device)
     cuda = cfg.device.startswith("cuda")
-    if cuda and not torch.cuda.is_available():
-        raise SystemExit(f"--device {cfg.device}: CUDA is not available here; use --device cpu")
+    cfg.dtype, _ = resolve_dtype(cfg.dtype, cfg.device)
     if cfg.compile is None:
         cfg.compile = cuda
-    if cfg.dtype == "auto":
-        cfg.dtype = "bfloat16" if cuda else "float32"
     if cfg.tokenizer == "auto":
         cfg.tokenizer = "byte" if cfg.preset == "tiny" else "gpt2"
     cfg.batch_size = cfg.batch_size or BATCH_SIZE[cfg.preset]
@@ -119,13 +101,23 @@ def resolve(cfg):
     cfg.steps = cfg.steps or (20 if cuda else 3)
     cfg.rounds = cfg.rounds or (2 if cuda else 3)
     cfg.warmup = cfg.warmup or (5 if cuda else 1)
-    for name in ("batch_size", "block_size", "steps", "rounds", "prompt_len", "new_tokens"):
+    # Evaluation-sized prompts (a question, a passage), as finetune.py decodes them in batches.
+    cfg.batch_prompt_len = cfg.batch_prompt_len or PRESETS[cfg.preset]["block_size"] // 4
+    for name in ("batch_size", "block_size", "steps", "rounds", "prompt_len", "new_tokens",
+                 "batch_prompts", "batch_prompt_len"):
         if getattr(cfg, name) < 1:
             raise SystemExit(f"--{name} must be >= 1, got {getattr(cfg, name)}")
     if cfg.num_pauses < 0:
         raise SystemExit(f"--num_pauses must be >= 0, got {cfg.num_pauses}")
+    context = max(cfg.block_size, GENERATE_CONTEXT)
+    for flag in ("prompt_len", "batch_prompt_len"):
+        if getattr(cfg, flag) + cfg.num_pauses + cfg.new_tokens > context:
+            raise SystemExit(f"--{flag} {getattr(cfg, flag)} + --num_pauses {cfg.num_pauses} + "
+                             f"--new_tokens {cfg.new_tokens} is more than the generation test's "
+                             f"context of {context}; ask for fewer")
     if not 0.0 < cfg.pause_frac < 1.0:
-        raise SystemExit(f"--pause_frac must be in (0, 1) (the paper uses 0.1), got {cfg.pause_frac}")
+        raise SystemExit(f"--pause_frac must be in (0, 1) (the paper uses 0.1), "
+                         f"got {cfg.pause_frac}")
     return cfg
 
 
@@ -233,11 +225,10 @@ def bench_train(cfg, tokens, batch_size, peak_flops):
     model = make_model(cfg, block_size=cfg.block_size)
     optimizer = model.configure_optimizers(0.1, 3e-4, (0.9, 0.95), "cuda" if cuda else "cpu")
     step_model = torch.compile(model) if cfg.compile else model
-    dtype = getattr(torch, cfg.dtype)
-    ctx = torch.autocast("cuda" if cuda else "cpu", dtype=dtype) if dtype != torch.float32 else nullcontext()
+    _, ctx = resolve_dtype(cfg.dtype, device)
 
-    loaders = {f: PretrainLoader(tokens, batch_size, cfg.block_size, pause_frac=f, pause_id=pause_id,
-                                 seed=cfg.seed) for f in (0.0, cfg.pause_frac)}
+    loaders = {f: PretrainLoader(tokens, batch_size, cfg.block_size, pause_frac=f,
+                                 pause_id=pause_id, seed=cfg.seed) for f in (0.0, cfg.pause_frac)}
     getters = {f"pause_frac {f:g}": (lambda ld=ld: to_device(*ld.next_batch(), device))
                for f, ld in loaders.items()}
     fixed = getters[f"pause_frac {cfg.pause_frac:g}"]()
@@ -250,11 +241,13 @@ def bench_train(cfg, tokens, batch_size, peak_flops):
     bar = tqdm(total=cfg.rounds * len(getters), desc=f"train {cfg.preset}", leave=False)
     names = list(getters)
     for i in range(cfg.rounds):
-        for name in names[i % 3:] + names[:i % 3]:  # a different order each round: no config always first
+        # A different order each round: no configuration is always first.
+        for name in names[i % 3:] + names[:i % 3]:
             get = getters[name]
             if cuda:
                 torch.cuda.reset_peak_memory_stats(device)
-            step_s, fetch_s, loss, _ = run_steps(step_model, optimizer, get, get(), cfg.steps, ctx, device)
+            step_s, fetch_s, loss, _ = run_steps(step_model, optimizer, get, get(), cfg.steps, ctx,
+                                                 device)
             r = results[name]
             if step_s * 1e3 < r["ms_per_step"]:
                 r.update(ms_per_step=step_s * 1e3, fetch_share=fetch_s / step_s, loss=loss)
@@ -297,9 +290,11 @@ def bench_train_fitting(cfg, tokens, peak_flops):
 
 @torch.no_grad()
 def bench_generate(cfg):
-    """Pause-inference (pause.append_pauses, pause banned) with and without the KV cache, greedy."""
+    """Pause-inference, greedy, pause banned: one prompt with and without the KV cache; then
+    cfg.batch_prompts prompts of mixed lengths decoded as one left-padded batch against one by one
+    (pause.pause_generate given a list, and given each prompt)."""
     pause_id = VOCAB[cfg.tokenizer]["pause_id"]
-    need = cfg.prompt_len + cfg.num_pauses + cfg.new_tokens
+    need = max(cfg.prompt_len, cfg.batch_prompt_len) + cfg.num_pauses + cfg.new_tokens
     model = make_model(cfg, block_size=max(need, PRESETS[cfg.preset]["block_size"]))
     model.to(getattr(torch, cfg.dtype)).eval()
     g = torch.Generator().manual_seed(cfg.seed)
@@ -308,7 +303,7 @@ def bench_generate(cfg):
     out, res = {}, {}
     for use_cache in (True, False):
         name = "kv_cache" if use_cache else "full_rerun"
-        model.generate(idx, 4, temperature=0.0, banned_ids={pause_id}, use_cache=use_cache)  # warm up
+        model.generate(idx, 4, temperature=0.0, banned_ids={pause_id}, use_cache=use_cache)  # warm
         sync(cfg.device)
         t0 = time.perf_counter()
         out[name] = model.generate(idx, cfg.new_tokens, temperature=0.0, banned_ids={pause_id},
@@ -319,6 +314,30 @@ def bench_generate(cfg):
     # In float32 both paths pick the same tokens; in bf16 rounding may flip a near-tie.
     res["same_tokens"] = bool(torch.equal(out["kv_cache"], out["full_rerun"]))
     res["prompt_tokens"] = idx.size(1)
+
+    # Prompt lengths spread over [batch_prompt_len / 4, batch_prompt_len], in random order.
+    lens = torch.randint(max(1, cfg.batch_prompt_len // 4), cfg.batch_prompt_len + 1,
+                         (cfg.batch_prompts,), generator=g).tolist()
+    prompts = [torch.randint(0, pause_id, (n,), generator=g).tolist() for n in lens]
+
+    def decode(p):  # both ways take the prompt processing and the decoding of every new token
+        return pause.pause_generate(model, p, cfg.num_pauses, pause_id, cfg.new_tokens)
+    decode(prompts[:2])  # warm up
+    sync(cfg.device)
+    t0 = time.perf_counter()
+    batched = decode(prompts)
+    sync(cfg.device)
+    res["batched_tokens_per_s"] = cfg.batch_prompts * cfg.new_tokens / (time.perf_counter() - t0)
+    # A rate needs only a few of the prompts one by one: every k-th by length, to span them all.
+    order = sorted(range(cfg.batch_prompts), key=lens.__getitem__)
+    some = order[::max(1, cfg.batch_prompts // ONE_BY_ONE)][:ONE_BY_ONE]
+    t0 = time.perf_counter()
+    single = {i: decode(prompts[i]) for i in some}
+    sync(cfg.device)
+    res["batch1_tokens_per_s"] = len(some) * cfg.new_tokens / (time.perf_counter() - t0)
+    res["batched_speedup"] = res["batched_tokens_per_s"] / res["batch1_tokens_per_s"]
+    res["batched_same_tokens"] = all(single[i] == batched[i] for i in some)
+    res["batched_prompt_lens"] = [min(lens), max(lens)]
     return res
 
 
@@ -327,37 +346,45 @@ def bench_generate(cfg):
 
 
 def checks(cfg, figures, device_name):
-    """Each target of the issue with its figure; passed is None where the target does not apply."""
+    """Each target with its figure; passed is None where the target does not apply."""
     rows = []
     ld, tr, gen = figures.get("loader"), figures.get("train"), figures.get("generate")
     pf = f"pause_frac {cfg.pause_frac:g}"
+    cuda = cfg.device.startswith("cuda")
     if ld:
         v = ld[pf]
         rows.append(dict(name=f"loader tokens/s per core, {pf}", value=v,
-                         target=f">= {LOADER_TOKENS_PER_S / 1e6:g}M", passed=v >= LOADER_TOKENS_PER_S))
+                         target=f">= {LOADER_TOKENS_PER_S / 1e6:g}M",
+                         passed=v >= LOADER_TOKENS_PER_S))
     if tr:
         r = tr["results"]
         cost = r[pf]["ms_per_step"] / r["pause_frac 0"]["ms_per_step"] - 1
         rows.append(dict(name=f"step time, {pf} against pause_frac 0", value=cost,
                          target=f"<= +{PAUSE_STEP_COST:.0%}", passed=cost <= PAUSE_STEP_COST))
-        cuda = cfg.device.startswith("cuda")
         big_gpu = cuda and any(k in device_name for k in ("H100", "H200"))
         mfu = r["pause_frac 0"]["mfu"]
-        applies = big_gpu and cfg.preset in MFU_TARGET and cfg.block_size == 2048 and cfg.compile \
-            and cfg.dtype == "bfloat16"
+        applies = (big_gpu and cfg.preset in MFU_TARGET and cfg.block_size == 2048
+                   and cfg.compile and cfg.dtype == "bfloat16")
         target = MFU_TARGET.get(cfg.preset)
         rows.append(dict(name="MFU, pause_frac 0", value=mfu,
-                         target=f">= {target:.0%} on H100/H200" if target else "none for this preset",
+                         target=f">= {target:.0%} on H100/H200" if target else "none here",
                          passed=mfu >= target if applies else None))
         wait = r[pf]["ms_per_step"] / r["preloaded batch"]["ms_per_step"] - 1
-        rows.append(dict(name=f"step with the loader ({pf}) against a preloaded batch", value=wait,
-                         target=f"<= +{DATA_WAIT:.0%} (GPU never waits)",
+        rows.append(dict(name=f"step with the loader ({pf}) against a preloaded batch",
+                         value=wait, target=f"<= +{DATA_WAIT:.0%} (GPU never waits)",
                          passed=wait <= DATA_WAIT if cuda else None))
     if gen:
         applies = cfg.prompt_len == 1024 and cfg.new_tokens == 256
-        rows.append(dict(name=f"KV-cached / full re-run decoding, {cfg.new_tokens} after {cfg.prompt_len}",
-                         value=gen["speedup"], target=f">= {KV_SPEEDUP:g}x",
+        rows.append(dict(name=f"KV-cached / full re-run decoding, {cfg.new_tokens} after "
+                         f"{cfg.prompt_len}", value=gen["speedup"], target=f">= {KV_SPEEDUP:g}x",
                          passed=gen["speedup"] >= KV_SPEEDUP if applies else None))
+        target = BATCHED_SPEEDUP.get((cfg.preset, "cuda" if cuda else "cpu"))
+        quarter = PRESETS[cfg.preset]["block_size"] // 4
+        applies = target is not None and cfg.batch_prompts == 64 and cfg.batch_prompt_len == quarter
+        rows.append(dict(name=f"batched / batch-1 decoding, {cfg.batch_prompts} prompts",
+                         value=gen["batched_speedup"],
+                         target=f">= {target:g}x" if target else "none here",
+                         passed=gen["batched_speedup"] >= target if applies else None))
     return rows
 
 
@@ -368,29 +395,31 @@ def fmt_rate(v):
 def fmt_check(row):
     v, name = row["value"], row["name"]
     text = (f"{v:+.1%}" if name.startswith("step") else f"{v:.1%}" if name.startswith("MFU")
-            else f"{v:.1f}x" if name.startswith("KV") else fmt_rate(v))
+            else f"{v:.1f}x" if name.startswith(("KV", "batched")) else fmt_rate(v))
     result = "n/a" if row["passed"] is None else "PASS" if row["passed"] else "FAIL"
     return f"| {name} | {text} | {row['target']} | {result} |"
 
 
 def report(cfg, figures):
-    env = figures["env"]
-    lines = [f"## bench.py: preset {cfg.preset} on {env['device_name']}",
-             "", f"torch {env['torch']}, {cfg.dtype}, compile {'on' if cfg.compile else 'off'}, "
-             f"tokenizer {cfg.tokenizer} (vocab {VOCAB[cfg.tokenizer]['vocab_size']}), {env['cpu']}", ""]
+    env, pf = figures["env"], f"pause_frac {cfg.pause_frac:g}"
+    lines = [f"## bench.py: preset {cfg.preset} on {env['device_name']}", "",
+             f"torch {env['torch']}, {cfg.dtype}, compile {'on' if cfg.compile else 'off'}, "
+             f"tokenizer {cfg.tokenizer} (vocab {VOCAB[cfg.tokenizer]['vocab_size']}), "
+             f"{env['cpu']}", ""]
     if "peak_flops" in figures:
-        lines += [f"Measured peak: {figures['peak_flops'] / 1e12:.3g} TFLOP/s ({figures['peak_what']}). "
-                  "MFU = flops_per_token(T) * tokens/s / peak, flops_per_token = 6 N + 12 L d T "
-                  "(N parameters without position embeddings, PaLM appendix B).", ""]
-    lines += ["| part | measurement | pause_frac 0 | " + f"pause_frac {cfg.pause_frac:g} | preloaded batch |",
+        lines += [f"Measured peak: {figures['peak_flops'] / 1e12:.3g} TFLOP/s "
+                  f"({figures['peak_what']}). MFU = flops_per_token(T) * tokens/s / peak, "
+                  "flops_per_token = 6 N + 12 L d T (N parameters without position embeddings, "
+                  "PaLM appendix B).", ""]
+    lines += [f"| part | measurement | pause_frac 0 | {pf} | preloaded batch |",
               "| --- | --- | --- | --- | --- |"]
     if "loader" in figures:
         ld = figures["loader"]
         lines.append(f"| loader | tokens/s per CPU core ({cfg.batch_size} x {cfg.block_size}) | "
-                     f"{fmt_rate(ld['pause_frac 0'])} | {fmt_rate(ld[f'pause_frac {cfg.pause_frac:g}'])} | |")
+                     f"{fmt_rate(ld['pause_frac 0'])} | {fmt_rate(ld[pf])} | |")
     if "train" in figures:
         tr, info = figures["train"]["results"], figures["train"]["info"]
-        names = ["pause_frac 0", f"pause_frac {cfg.pause_frac:g}", "preloaded batch"]
+        names = ["pause_frac 0", pf, "preloaded batch"]
         shape = f"{info['batch_size']} x {info['block_size']}"
         for label, key, f in [(f"ms per step ({shape})", "ms_per_step", "{:.1f}"),
                               ("tokens/s (pauses included)", "tokens_per_s", None),
@@ -403,10 +432,17 @@ def report(cfg, figures):
             lines.append(f"| train | {label} | " + " | ".join(cells) + " |")
     if "generate" in figures:
         g = figures["generate"]
-        lines.append(f"| generate | tokens/s, KV cache / full re-run ({g['prompt_tokens']}-token prompt "
-                     f"with {cfg.num_pauses} pauses, {cfg.new_tokens} new; same tokens: "
-                     f"{'yes' if g['same_tokens'] else 'no'}) | {fmt_rate(g['kv_cache_tokens_per_s'])} | "
+        yes = {True: "yes", False: "no"}
+        lo, hi = g["batched_prompt_lens"]
+        lines.append(f"| generate | tokens/s, KV cache / full re-run ({g['prompt_tokens']}-token "
+                     f"prompt with {cfg.num_pauses} pauses, {cfg.new_tokens} new; same tokens: "
+                     f"{yes[g['same_tokens']]}) | {fmt_rate(g['kv_cache_tokens_per_s'])} | "
                      f"{fmt_rate(g['full_rerun_tokens_per_s'])} | |")
+        lines.append(f"| generate | tokens/s, batched / batch-1 ({cfg.batch_prompts} prompts of "
+                     f"{lo}-{hi} tokens + {cfg.num_pauses} pauses, {cfg.new_tokens} new; same "
+                     f"tokens: {yes[g['batched_same_tokens']]}) | "
+                     f"{fmt_rate(g['batched_tokens_per_s'])} | "
+                     f"{fmt_rate(g['batch1_tokens_per_s'])} | |")
     lines += ["", "| target | figure | target | check |", "| --- | --- | --- | --- |"]
     lines += [fmt_check(r) for r in figures["checks"]]
     if "train" in figures:
@@ -425,22 +461,23 @@ def bench(cfg):
         # Only fp32 matmuls are affected (bf16 autocast covers the model's); as in nanoGPT.
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    device_name = torch.cuda.get_device_name(cfg.device) if cuda else f"CPU ({torch.get_num_threads()} threads)"
-    figures = dict(config=asdict(cfg), env=dict(device_name=device_name, torch=torch.__version__,
-                                                cpu=f"{platform.processor() or platform.machine()}, "
-                                                    f"{os.cpu_count()} CPU cores"))
+    threads = torch.get_num_threads()
+    device_name = torch.cuda.get_device_name(cfg.device) if cuda else f"CPU ({threads} threads)"
+    cpu = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"
+    figures = dict(config=asdict(cfg),
+                   env=dict(device_name=device_name, torch=torch.__version__, cpu=cpu))
     what = cfg.what.split(",")
     v = VOCAB[cfg.tokenizer]
     tokens = None
     if "loader" in what or "train" in what:
         tokens = synthetic_tokens(2 ** 23, v["vocab_size"], v["pause_id"], cfg.seed)
     if "loader" in what:
-        figures["loader"] = {f"pause_frac {f:g}": bench_loader(cfg, tokens, f) for f in (0.0, cfg.pause_frac)}
+        figures["loader"] = {f"pause_frac {f:g}": bench_loader(cfg, tokens, f)
+                             for f in (0.0, cfg.pause_frac)}
     if "train" in what:
-        dtype = getattr(torch, cfg.dtype)
-        figures["peak_flops"] = measure_peak_flops(cfg.device, dtype)
+        figures["peak_flops"] = measure_peak_flops(cfg.device, getattr(torch, cfg.dtype))
         figures["peak_what"] = (f"{'8192' if cuda else '1024'}^3 {cfg.dtype} matmul on "
-                                f"{'the GPU' if cuda else f'{torch.get_num_threads()} CPU threads'}")
+                                f"{'the GPU' if cuda else f'{threads} CPU threads'}")
         results, info = bench_train_fitting(cfg, tokens, figures["peak_flops"])
         figures["train"] = dict(results=results, info=info)
         gc.collect()
@@ -450,7 +487,6 @@ def bench(cfg):
         figures["generate"] = bench_generate(cfg)
     figures["checks"] = checks(cfg, figures, device_name)
     return figures
-
 
 
 def main(argv=None):

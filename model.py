@@ -22,6 +22,7 @@ class GPTConfig:
     n_embd: int = 128
     dropout: float = 0.0
     bias: bool = False          # biases in Linear and LayerNorm layers (GPT-2 had them; not needed)
+    gelu: str = "none"          # "none": exact GELU; "tanh": its tanh approximation, as GPT-2 used
 
     @property
     def padded_vocab_size(self):
@@ -31,16 +32,17 @@ class GPTConfig:
         return (self.vocab_size + 63) // 64 * 64
 
 
-# Model shapes are data. block_size here is the default context; vocab_size comes from the tokenizer.
+# Model shapes are data. block_size is the default context; vocab_size comes from the tokenizer.
 PRESETS = {
     # Fast enough for a laptop CPU: a training step takes well under a second.
     "tiny": dict(n_layer=4, n_head=4, n_embd=128, block_size=256),
     # GPT-2 small's shape (12 x 768) with the paper's 2048 context: about 126M parameters.
     "130m": dict(n_layer=12, n_head=12, n_embd=768, block_size=2048),
-    # About 1.0B parameters. The paper says only that its one added token embedding has 1024 numbers,
-    # which hints at d_model 1024; a plain GPT that wide needs ~76 layers to reach 1B, an unusual
-    # shape that keeps matmuls small (poor GPU efficiency). We take the common 1B shape instead:
-    # d_model 2048, 18 layers, 16 heads of 128, i.e. 50.3M parameters per block x 18 + 107M embeddings.
+    # About 1.0B parameters. The paper says only that its one added token embedding has 1024
+    # numbers, which hints at d_model 1024; a plain GPT that wide needs ~76 layers to reach 1B, an
+    # unusual shape that keeps matmuls small (poor GPU efficiency). We take the common 1B shape
+    # instead: d_model 2048, 18 layers, 16 heads of 128, i.e. 50.3M parameters per block x 18 +
+    # 107M embeddings.
     "1b": dict(n_layer=18, n_head=16, n_embd=2048, block_size=2048),
 }
 
@@ -60,19 +62,20 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
 
-    def forward(self, x, cache=None, pos=0):
+    def forward(self, x, cache=None, pos=0, mask=None):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if cache is not None:
-            assert T == 1 or pos == 0, "the KV cache takes a whole prompt at position 0, then one token a step"
+            assert T == 1 or pos == 0, "the KV cache takes a prompt at position 0, then one token"
             # KV cache: store this step's keys and values, attend over everything stored so far.
             cache[0][:, :, pos:pos + T] = k
             cache[1][:, :, pos:pos + T] = v
             k, v = cache[0][:, :, :pos + T], cache[1][:, :, :pos + T]
-        # The causal mask only matters when several queries are new (the prompt); a single new
-        # query may see every cached position.
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1,
+        # Without a mask, causality only matters when several queries are new (the prompt); a
+        # single new query may see every cached position. A mask (left padding) says it all.
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                           is_causal=mask is None and T > 1,
                                            dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.c_proj(y)
@@ -84,9 +87,10 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
+        self.gelu = config.gelu
 
     def forward(self, x):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate=self.gelu)))
 
 
 class Block(nn.Module):
@@ -97,8 +101,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache=None, pos=0):
-        x = x + self.attn(self.ln_1(x), cache, pos)
+    def forward(self, x, cache=None, pos=0, mask=None):
+        x = x + self.attn(self.ln_1(x), cache, pos, mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -136,18 +140,28 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.wpe.weight.numel() if non_embedding else n
 
-    def forward(self, idx, targets=None, cache=None, pos=0, last_only=False):
-        """idx (B, T) token ids -> logits (B, T, padded_vocab_size), and the mean cross-entropy over
-        the targets that are not -1 (None without targets). last_only computes the logits of the last
-        position only (all that sampling needs; the output layer is the largest matmul)."""
+    def forward(self, idx, targets=None, cache=None, pos=0, last_only=False, pad_lens=None):
+        """idx (B, T) token ids -> logits (B, T, padded_vocab_size), and the mean cross-entropy
+        over the targets that are not -1 (None without targets). last_only computes the logits of
+        the last position only (all that sampling needs; the output layer is the largest matmul).
+        pad_lens (B,) long tensor: row b's first pad_lens[b] columns are left padding (generate)."""
         T = idx.size(1)
         if pos + T > self.config.block_size:
             raise ValueError(f"sequence of {pos + T} tokens is longer than the context "
                              f"(block_size {self.config.block_size})")
-        positions = torch.arange(pos, pos + T, device=idx.device)
+        cols = torch.arange(pos, pos + T, device=idx.device)
+        positions, mask = cols, None
+        if pad_lens is not None:
+            # Each row counts positions from its first real token, and a query sees the real keys
+            # up to itself: padding changes nothing for the real tokens. A padding query also sees
+            # its own key, so that its (unused) output stays finite instead of 0/0.
+            positions = (cols - pad_lens[:, None]).clamp(min=0)
+            keys = torch.arange(pos + T, device=idx.device)
+            real = keys >= pad_lens[:, None, None]
+            mask = ((real & (keys <= cols[:, None])) | (keys == cols[:, None])).unsqueeze(1)
         x = self.drop(self.wte(idx) + self.wpe(positions))
         for i, block in enumerate(self.blocks):
-            x = block(x, None if cache is None else cache[i], pos)
+            x = block(x, None if cache is None else cache[i], pos, mask)
         if last_only:
             x = x[:, -1:]
         logits = self.lm_head(self.ln_f(x))
@@ -167,15 +181,23 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, stop_ids=(), banned_ids=(),
-                 use_cache=True):
+                 use_cache=True, pad_lens=None):
         """Continue each row of idx (B, T) by up to max_new_tokens tokens. temperature 0 is greedy.
         Ids in banned_ids and the vocabulary's padding ids are never produced. Stops when every row
         has produced a stop id; a row that stopped repeats its stop id. use_cache=False re-runs the
-        whole sequence each step (slow; the reference the KV cache is tested against)."""
+        whole sequence each step (slow; the reference the KV cache is tested against).
+        Prompts of different lengths decode as one batch with left padding: pad_lens (B ints) says
+        how many of each row's first entries are padding (any id), so that every prompt ends in the
+        last column; row b then gets the tokens it would get alone."""
         B, T = idx.shape
         if T + max_new_tokens > self.config.block_size:
             raise ValueError(f"prompt ({T}) + max_new_tokens ({max_new_tokens}) exceeds the "
                              f"context of {self.config.block_size}; shorten the prompt")
+        if pad_lens is not None:
+            pad_lens = torch.as_tensor(pad_lens, dtype=torch.long, device=idx.device)
+            if pad_lens.shape != (B,) or pad_lens.min() < 0 or pad_lens.max() >= T:
+                raise ValueError(f"pad_lens must be {B} numbers in 0..{T - 1} (one per row, each "
+                                 f"row keeps at least one real token), got {pad_lens.tolist()}")
         banned = torch.zeros(self.config.padded_vocab_size, dtype=torch.bool, device=idx.device)
         banned[self.config.vocab_size:] = True
         banned[list(banned_ids)] = True
@@ -184,7 +206,7 @@ class GPT(nn.Module):
         cache = self.new_cache(B, T + max_new_tokens) if use_cache else None
         x, pos = idx, 0
         for _ in range(max_new_tokens):
-            logits, _ = self(x, cache=cache, pos=pos, last_only=True)
+            logits, _ = self(x, cache=cache, pos=pos, last_only=True, pad_lens=pad_lens)
             logits = logits[:, -1, :].float().masked_fill(banned, float("-inf"))
             if temperature == 0:
                 nxt = logits.argmax(-1)
@@ -206,13 +228,15 @@ class GPT(nn.Module):
                 x = idx
         return idx
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas=(0.9, 0.95), device_type="cpu"):
+    def configure_optimizers(self, weight_decay, learning_rate, betas=(0.9, 0.95),
+                             device_type="cpu"):
         # Weight decay on matrices (matmul weights, embeddings) only; never on gains and biases.
         params = [p for p in self.parameters() if p.requires_grad]
         groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
         fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {}))
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas,
+                                 **({"fused": True} if fused else {}))
 
     def flops_per_token(self, seq_len):
         """Training FLOPs per token (forward + backward), as in the PaLM paper's appendix B:

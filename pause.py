@@ -109,13 +109,23 @@ def pause_generate(model, prefix, num_pauses, pause_id, max_new_tokens, where="a
                    temperature=0.0, top_k=None, stop_ids=(), banned_ids=()):
     """Paper Sec. 3.3, pause-inference: append M_inf pauses to the prompt, ignore every output until
     the last pause has been seen, then decode. The pause is never a training target, so it is banned
-    from the output. Returns only the new tokens, up to (not including) the first stop token."""
+    from the output. Returns only the new tokens, up to (not including) the first stop token.
+
+    prefix: one prompt (a list of ids or a 1-D tensor) -> a list of new ids; or a list of prompts
+    -> a list of such lists, decoded as one batch (the same tokens as one by one, in float32)."""
     _check_pause_id(pause_id, model.config.vocab_size)
-    idx = append_pauses(prefix, num_pauses, pause_id, where).to(model.device).unsqueeze(0)
-    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k,
-                         stop_ids=stop_ids, banned_ids={pause_id, *banned_ids})
-    new = out[0, idx.size(1):].tolist()
-    for i, t in enumerate(new):
-        if t in stop_ids:
-            return new[:i]
-    return new
+    batch = len(prefix) > 0 and torch.as_tensor(prefix[0]).dim() == 1
+    rows = [append_pauses(p, num_pauses, pause_id, where) for p in (prefix if batch else [prefix])]
+    # Left padding: every row ends in the last column, where decoding continues, and pad_lens
+    # keeps the padding out of attention and positions.
+    T = max(len(r) for r in rows)
+    pad_lens = [T - len(r) for r in rows]
+    idx = torch.stack([torch.cat([r.new_full((n,), pause_id), r]) for r, n in zip(rows, pad_lens)])
+    out = model.generate(idx.to(model.device), max_new_tokens, temperature=temperature, top_k=top_k,
+                         stop_ids=stop_ids, banned_ids={pause_id, *banned_ids},
+                         pad_lens=pad_lens if any(pad_lens) else None)
+    news = []
+    for new in out[:, T:].tolist():
+        stop = next((i for i, t in enumerate(new) if t in stop_ids), len(new))
+        news.append(new[:stop])
+    return news if batch else news[0]

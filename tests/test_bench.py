@@ -1,5 +1,6 @@
 import json
 import math
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -7,9 +8,10 @@ import torch
 import bench
 from data import get_tokenizer
 
-SMALL = ["--preset", "tiny", "--device", "cpu", "--batch_size", "2", "--block_size", "64", "--steps", "1",
-         "--warmup", "1", "--rounds", "1", "--loader_seconds", "0.05", "--prompt_len", "24",
-         "--num_pauses", "3", "--new_tokens", "8"]
+SMALL = ["--preset", "tiny", "--device", "cpu", "--batch_size", "2", "--block_size", "64",
+         "--steps", "1", "--warmup", "1", "--rounds", "1", "--loader_seconds", "0.05",
+         "--prompt_len", "24", "--num_pauses", "3", "--new_tokens", "8", "--batch_prompts", "12",
+         "--batch_prompt_len", "20"]
 
 
 def numbers(obj):
@@ -39,7 +41,8 @@ def test_bench_tiny_cpu_table_and_json(tmp_path, capsys):
     results = figures["train"]["results"]
     assert set(results) == {"pause_frac 0", "pause_frac 0.1", "preloaded batch"}
     for r in results.values():
-        assert set(r) >= {"ms_per_step", "tokens_per_s", "mfu", "fetch_share", "loss", "peak_mem_gb"}
+        assert set(r) >= {"ms_per_step", "tokens_per_s", "mfu", "fetch_share", "loss",
+                          "peak_mem_gb"}
         assert r["peak_mem_gb"] is None  # no memory counter on the CPU
         assert math.isclose(r["tokens_per_s"], 2 * 64 / (r["ms_per_step"] / 1e3))
     info = figures["train"]["info"]
@@ -49,35 +52,48 @@ def test_bench_tiny_cpu_table_and_json(tmp_path, capsys):
     gen = figures["generate"]
     assert gen["prompt_tokens"] == 24 + 3
     assert gen["same_tokens"]  # float32: the KV cache picks exactly the tokens of the full re-run
+    # float32: the batch picks exactly the tokens of one-by-one decoding
+    assert gen["batched_same_tokens"] and 5 <= gen["batched_prompt_lens"][0]
+    assert gen["batched_prompt_lens"][1] <= 20
+    assert math.isclose(gen["batched_speedup"],
+                        gen["batched_tokens_per_s"] / gen["batch1_tokens_per_s"])
     nums = numbers({k: figures[k] for k in ("loader", "train", "generate", "peak_flops")})
     assert nums and all(math.isfinite(n) and n > 0 for n in nums)
 
     names = [c["name"] for c in figures["checks"]]
-    assert len(names) == 5
+    assert len(names) == 6
     for c in figures["checks"]:
         result = "n/a" if c["passed"] is None else "PASS" if c["passed"] else "FAIL"
         assert f"| {c['name']} | " in table and table.count(result) >= 1
-    # On a CPU the MFU and data-wait targets do not apply, nor does the KV target at these lengths.
-    assert [c["passed"] is None for c in figures["checks"]] == [False, False, True, True, True]
+    # On a CPU the MFU and data-wait targets do not apply, nor do the generation targets at
+    # these sizes.
+    assert [c["passed"] is None for c in figures["checks"]] == [False, False] + [True] * 4
     assert "| loader | tokens/s per CPU core (2 x 64) |" in table
 
 
 def test_checks_pass_and_fail_against_targets():
-    cfg = bench.resolve(bench.BenchConfig(preset="130m", device="cpu", compile=True, dtype="bfloat16"))
+    cfg = bench.resolve(bench.BenchConfig(preset="130m", device="cpu", compile=True,
+                                          dtype="bfloat16"))
     cfg.device = "cuda"  # judged as if it ran on a GPU; nothing runs here
 
-    def fig(loader, ms0, ms1, ms_pre, mfu, speedup):
-        res = {"pause_frac 0": dict(ms_per_step=ms0, mfu=mfu), "pause_frac 0.1": dict(ms_per_step=ms1),
-               "preloaded batch": dict(ms_per_step=ms_pre)}
+    def fig(loader, ms0, ms1, ms_pre, mfu, speedup, batched):
+        res = {"pause_frac 0": dict(ms_per_step=ms0, mfu=mfu),
+               "pause_frac 0.1": dict(ms_per_step=ms1), "preloaded batch": dict(ms_per_step=ms_pre)}
         return {"loader": {"pause_frac 0": 1e9, "pause_frac 0.1": loader},
-                "train": {"results": res}, "generate": {"speedup": speedup}}
+                "train": {"results": res},
+                "generate": {"speedup": speedup, "batched_speedup": batched}}
 
-    good = bench.checks(cfg, fig(25e6, 100.0, 102.0, 101.0, 0.61, 12.0), "NVIDIA H200")
-    assert [c["passed"] for c in good] == [True, True, True, True, True]
-    bad = bench.checks(cfg, fig(15e6, 100.0, 104.0, 100.0, 0.59, 8.0), "NVIDIA H200")
-    assert [c["passed"] for c in bad] == [False, False, False, False, False]
+    good = bench.checks(cfg, fig(25e6, 100.0, 102.0, 101.0, 0.61, 12.0, 21.0), "NVIDIA H200")
+    assert [c["passed"] for c in good] == [True, True, True, True, True, True]
+    bad = bench.checks(cfg, fig(15e6, 100.0, 104.0, 100.0, 0.59, 8.0, 19.0), "NVIDIA H200")
+    assert [c["passed"] for c in bad] == [False, False, False, False, False, False]
     # The MFU target is only for H100/H200.
-    assert bench.checks(cfg, fig(25e6, 100.0, 102.0, 101.0, 0.61, 12.0), "NVIDIA A100")[2]["passed"] is None
+    assert bench.checks(cfg, fig(25e6, 100.0, 102.0, 101.0, 0.61, 12.0, 21.0),
+                        "NVIDIA A100")[2]["passed"] is None
+    # The batched target of the tiny preset is for 64 prompts on the CPU: 5x.
+    tiny = bench.resolve(bench.BenchConfig(device="cpu"))
+    rows = bench.checks(tiny, {"generate": {"speedup": 1.0, "batched_speedup": 5.5}}, "CPU")
+    assert rows[-1]["passed"] is True and rows[-1]["target"] == ">= 5x"
 
 
 def test_bad_flags_name_the_flag():
@@ -87,6 +103,13 @@ def test_bad_flags_name_the_flag():
         bench.parse_args(["--pause_frac", "1.5"])
     with pytest.raises(SystemExit, match="--steps"):
         bench.parse_args(["--steps", "-2"])
+    with pytest.raises(SystemExit, match="--batch_prompts must be >= 1"):
+        bench.parse_args(["--batch_prompts", "0"])
+    # Pauses or prompts beyond the context are refused before any work (not a run without bound).
+    with pytest.raises(SystemExit, match="--num_pauses 2000000 .* context of 2048"):
+        bench.parse_args(["--num_pauses", "2000000"])
+    with pytest.raises(SystemExit, match="--batch_prompt_len 4000"):
+        bench.parse_args(["--batch_prompt_len", "4000"])
 
 
 def test_timed_steps_train_the_model():
@@ -97,6 +120,6 @@ def test_timed_steps_train_the_model():
     opt = model.configure_optimizers(0.0, 3e-3)
     x = torch.randint(0, 256, (2, 32))
     y = torch.roll(x, -1, 1)
-    _, _, first, _ = bench.run_steps(model, opt, lambda: (x, y), (x, y), 1, bench.nullcontext(), "cpu")
-    _, _, last, _ = bench.run_steps(model, opt, lambda: (x, y), (x, y), 20, bench.nullcontext(), "cpu")
+    _, _, first, _ = bench.run_steps(model, opt, lambda: (x, y), (x, y), 1, nullcontext(), "cpu")
+    _, _, last, _ = bench.run_steps(model, opt, lambda: (x, y), (x, y), 20, nullcontext(), "cpu")
     assert last < first - 0.5

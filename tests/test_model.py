@@ -90,8 +90,8 @@ def test_stop_ids_and_pause_generate():
     prefix = [1, 2, 3]
     full = m.generate(torch.tensor([prefix + [60] * 4]), 20, temperature=0.0)[0, 7:].tolist()
     # pause_generate appends M_inf pauses, bans the pause, returns only the new tokens
-    assert pause_generate(m, prefix, 4, 60, 20, stop_ids=()) == \
-        m.generate(torch.tensor([prefix + [60] * 4]), 20, temperature=0.0, banned_ids={60})[0, 7:].tolist()
+    banned = m.generate(torch.tensor([prefix + [60] * 4]), 20, temperature=0.0, banned_ids={60})
+    assert pause_generate(m, prefix, 4, 60, 20, stop_ids=()) == banned[0, 7:].tolist()
     stop = full[3]
     got = pause_generate(m, prefix, 4, 60, 20, stop_ids={stop})
     assert stop not in got and len(got) <= 20
@@ -109,8 +109,84 @@ def test_optimizer_groups_and_mfu():
     m = tiny_model()
     opt = m.configure_optimizers(0.1, 1e-3)
     decay, no_decay = opt.param_groups
-    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    assert all(p.dim() >= 2 for p in decay["params"])
+    assert all(p.dim() < 2 for p in no_decay["params"])
     assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == m.num_params(False)
     n = m.num_params()
     assert m.flops_per_token(64) == 6 * n + 12 * 2 * 32 * 64
     assert m.estimate_mfu(1000.0, m.flops_per_token(64) * 2000.0) == pytest.approx(0.5)
+
+
+# ---- batched decoding of prompts of different lengths (left padding), against batch-1 decoding
+
+def left_padded(prompts, pad_id):
+    """The prompts as one (B, T) batch, each pushed to the right end, and their pad_lens."""
+    T = max(len(p) for p in prompts)
+    rows = [[pad_id] * (T - len(p)) + list(p) for p in prompts]
+    return torch.tensor(rows), [T - len(p) for p in prompts]
+
+
+def mixed_prompts(seed, lens=(1, 7, 12, 3, 20, 12)):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 70, (n,), generator=g).tolist() for n in lens]
+
+
+def test_padding_changes_no_logit_of_a_real_token():
+    m = tiny_model(2)
+    prompts = mixed_prompts(2)
+    idx, pad_lens = left_padded(prompts, pad_id=69)
+    logits = m(idx, pad_lens=torch.tensor(pad_lens))[0]
+    for row, p, n in zip(logits, prompts, pad_lens):
+        alone = m(torch.tensor([p]))[0][0]
+        assert torch.allclose(row[n:], alone, atol=1e-5)
+        assert torch.isfinite(row).all()  # padding positions too: nothing divides 0 by 0
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_batched_generate_equals_batch1_token_for_token(seed, use_cache):
+    m = tiny_model(seed)
+    prompts = mixed_prompts(seed)
+    # The stop id: a token that row 0 produces early, so rows stop at different steps.
+    stop = m.generate(torch.tensor([prompts[0]]), 5, temperature=0.0)[0, -2].item()
+    for stop_ids in [(), {stop}]:
+        # The padding's ids must not matter: two different fillers give the same tokens.
+        outs = []
+        for pad_id in (0, 42):
+            idx, pad_lens = left_padded(prompts, pad_id)
+            outs.append(m.generate(idx, 25, temperature=0.0, banned_ids={3}, stop_ids=stop_ids,
+                                   use_cache=use_cache, pad_lens=pad_lens))
+        assert torch.equal(outs[0][:, idx.size(1):], outs[1][:, idx.size(1):])
+        for row, p in zip(outs[0], prompts):
+            alone = m.generate(torch.tensor([p]), 25, temperature=0.0, banned_ids={3},
+                               stop_ids=stop_ids)[0, len(p):].tolist()
+            new = row[idx.size(1):].tolist()
+            assert new[:len(alone)] == alone
+            # a row that stopped before the batch did repeats its stop id
+            assert all(t == stop for t in new[len(alone):])
+            if stop_ids and stop in alone:
+                assert alone.index(stop) == len(alone) - 1
+
+
+def test_generate_refuses_bad_pad_lens():
+    m = tiny_model()
+    idx = torch.zeros(2, 5, dtype=torch.long)
+    for bad in ([0], [0, 5], [-1, 0]):
+        with pytest.raises(ValueError, match="pad_lens must be 2 numbers in 0..4"):
+            m.generate(idx, 3, pad_lens=bad)
+
+
+@pytest.mark.parametrize("num_pauses,where", [(0, "append"), (4, "append"), (3, "prepend")])
+def test_pause_generate_on_a_list_equals_one_by_one(num_pauses, where):
+    m = tiny_model(3)
+    prompts = mixed_prompts(3, lens=(5, 1, 9, 2))
+    stop = pause_generate(m, prompts[2], num_pauses, 60, 6, where=where)[-1]
+    for stop_ids in [(), {stop}]:
+        batched = pause_generate(m, prompts, num_pauses, 60, 12, where=where, stop_ids=stop_ids)
+        singles = [pause_generate(m, p, num_pauses, 60, 12, where=where, stop_ids=stop_ids)
+                   for p in prompts]
+        assert batched == singles and all(stop not in b for b in batched if stop_ids)
+    # 1-D tensors work as well, one prompt or a list of them
+    tensors = [torch.tensor(p) for p in prompts]
+    assert pause_generate(m, tensors, num_pauses, 60, 12, where=where) == \
+        [pause_generate(m, t, num_pauses, 60, 12, where=where) for t in tensors]
