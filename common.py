@@ -1,12 +1,14 @@
 """
 Helpers that train.py, finetune.py, experiment.py, bench.py and sample.py share, so that no script
 imports another: the command line built from a config dataclass, device and dtype, DDP setup, the
-learning-rate schedule, and checkpoint and JSON files written atomically.
+learning-rate schedule, files written atomically, checkpoints, and downloads.
 """
 import argparse
 import bz2
 import errno
+import glob
 import gzip
+import inspect
 import io
 import json
 import math
@@ -30,7 +32,6 @@ from tqdm import tqdm
 
 def field_comments(cls):
     """{field name: the comment on its line} from the source of a dataclass."""
-    import inspect
     comments, source = {}, inspect.getsource(cls)
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
         if tok.type == tokenize.COMMENT:
@@ -57,7 +58,7 @@ def config_parser(cls, description, choices=None):
     comments, choices = field_comments(cls), choices or {}
     for f in fields(cls):
         default = f.default if f.default is not MISSING else f.default_factory()
-        help_text = comments.get(f.name, "")
+        help_text = comments.get(f.name, "").replace("%", "%%")  # argparse formats help with %
         if f.name in choices:
             help_text += f" (choices: {', '.join(map(str, choices[f.name]))})"
         help_text += " (default: %(default)s)"
@@ -71,6 +72,20 @@ def config_parser(cls, description, choices=None):
     return parser
 
 
+# The ranges a numeric flag can be held to, for check_ranges.
+RANGES = {">= 1": lambda v: v >= 1, ">= 0": lambda v: v >= 0, "in [0, 1)": lambda v: 0 <= v < 1,
+          "> 0": lambda v: 0 < v < math.inf}
+
+
+def check_ranges(cfg, ranges):
+    """ranges: {range: "flag flag ..."}; the first flag of cfg outside its range (NaN is outside
+    every range) is an error naming the flag, the range and the value."""
+    for allowed, names in ranges.items():
+        for name in names.split():
+            if not RANGES[allowed](getattr(cfg, name)):
+                raise SystemExit(f"--{name} must be {allowed}, got {getattr(cfg, name)}")
+
+
 # -----------------------------------------------------------------------------------------------
 # Device, dtype and DDP
 
@@ -78,11 +93,11 @@ def resolve_device(device):
     """'auto' -> 'cuda' when a GPU is there, else 'cpu'; an unavailable GPU is a clear error."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
+        raise SystemExit(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"--device {device}: this machine has no CUDA GPU (torch "
                          f"{torch.__version__}); use --device cpu or auto")
-    if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
-        raise SystemExit(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
     return device
 
 
@@ -92,7 +107,8 @@ def resolve_dtype(dtype, device):
     which needs no loss scaling (unlike float16)."""
     device_type = torch.device(device).type
     if dtype == "auto":
-        dtype = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+        cuda_bf16 = device_type == "cuda" and torch.cuda.is_bf16_supported()
+        dtype = "bfloat16" if cuda_bf16 else "float32"
     if dtype not in ("float32", "bfloat16"):
         raise SystemExit(f"--dtype must be auto, float32 or bfloat16, got {dtype!r}")
     if dtype == "bfloat16":
@@ -103,21 +119,38 @@ def resolve_dtype(dtype, device):
 def setup_ddp(device="auto"):
     """(rank, local_rank, world_size, device). DDP when torchrun set RANK and WORLD_SIZE, else one
     process. Each process of a node takes the GPU of its local rank; on CPU, gloo does the
-    all-reduces."""
+    all-reduces and the processes share the cores."""
+    device = resolve_device(device)
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         rank, local_rank, world_size = (int(os.environ[k])
                                         for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
-        use_cuda = (torch.cuda.is_available() and device in ("auto", "cuda")
-                    or device.startswith("cuda"))
+        use_cuda = device.startswith("cuda")
         if use_cuda:
             device = f"cuda:{local_rank}"
             torch.cuda.set_device(device)
-        else:
-            device = "cpu"
+        else:  # the processes of a node share its cores
+            local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
         if not dist.is_initialized():
             dist.init_process_group(backend="nccl" if use_cuda else "gloo")
         return rank, local_rank, world_size, device
-    return 0, 0, 1, resolve_device(device)
+    return 0, 0, 1, device
+
+
+def check_out_dir(out_dir, resume, overwrite, name="ckpt.pt"):
+    """Refuse, before any work, what would lose a run: an --out_dir that is a file, --resume
+    with nothing to resume, or a new run over a checkpoint without --overwrite."""
+    path = os.path.join(out_dir, name)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise SystemExit(f"--out_dir {out_dir} is a file, not a directory; choose another")
+    if resume and overwrite:
+        raise SystemExit(f"--resume continues {path}, --overwrite deletes it: give one of them")
+    if resume and not os.path.isfile(path):
+        raise SystemExit(f"--resume: no checkpoint at {path}; run without --resume to start "
+                         "training")
+    if not resume and not overwrite and os.path.exists(path):
+        raise SystemExit(f"{path} exists: give --resume to continue that run, --overwrite to "
+                         "replace it, or another --out_dir")
 
 
 def cleanup_ddp():
@@ -141,10 +174,20 @@ def lr_at(step, max_steps, lr, warmup_steps, min_lr):
 # crash or a full disk mid-write leaves the previous file intact, and the temporary file is a
 # fresh name (never an existing file or a planted symlink that the write would follow).
 
+def write_error(path, e):
+    """The SystemExit for a failed write of path: a full disk is said in those words."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return SystemExit(f"cannot write {path}: no space left on the disk; the previous version "
+                          "of the file is intact. Free some space and rerun (with --resume for "
+                          "training).")
+    return SystemExit(f"cannot write {path}: {e.strerror or e}")
+
+
 def atomic_write(path, write, mode="wb"):
     """Call write(f) on a temporary file in path's directory, then rename it to path."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
+    # mkstemp creates a new file with O_EXCL: it never opens an existing file or follows a link.
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
         with os.fdopen(fd, mode) as f:
@@ -155,15 +198,28 @@ def atomic_write(path, write, mode="wb"):
     except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            raise SystemExit(f"cannot write {path}: no space left on the disk; the previous "
-                             "version of the file is intact. Free some space and rerun "
-                             "(with --resume for training).") from e
+        if isinstance(e, OSError):
+            raise write_error(path, e) from e
         raise
 
 
-def save_checkpoint(obj, path):
-    atomic_write(path, lambda f: torch.save(obj, f))
+def start_run_dir(out_dir, resume_step=None, files=("ckpt.pt", "metrics.jsonl")):
+    """Ready out_dir for a run, with a note for each file removed. A resumed run keeps the rows of
+    its JSON-lines logs up to resume_step (rows after it come from a run killed after its last
+    checkpoint, and will be written again); a new run deletes the files of an earlier one. Both
+    delete the temporary files of writes that were killed (one can be as big as a model)."""
+    os.makedirs(out_dir, exist_ok=True)
+    for name in files:
+        path = os.path.join(out_dir, name)
+        for tmp in glob.glob(os.path.join(glob.escape(out_dir), f".{glob.escape(name)}.*.tmp")):
+            os.remove(tmp)
+            print(f"note: removed {tmp}, left by a write that was interrupted")
+        if resume_step is None and os.path.exists(path):
+            os.remove(path)
+            print(f"note: removed {path} of an earlier run")
+        elif resume_step is not None and name.endswith(".jsonl") and os.path.isfile(path):
+            rows = [r for r in read_jsonl(path) if r["step"] <= resume_step]
+            atomic_write(path, lambda f: f.writelines(json.dumps(r) + "\n" for r in rows), "w")
 
 
 def json_safe(obj):
@@ -184,14 +240,88 @@ def write_json(obj, path):
     atomic_write(path, lambda f: f.write(text), mode="w")
 
 
+def append_jsonl(obj, path):
+    """One JSON line appended to a log. A write that fails part way (a full disk) is cut off
+    again, so the log never ends in half a line."""
+    data = (json.dumps(json_safe(obj), allow_nan=False) + "\n").encode()
+    with open(path, "ab", buffering=0) as f:  # unbuffered: nothing is left to flush on close
+        size = f.tell()
+        try:
+            while data:  # one write may take only part of the bytes
+                data = data[f.write(data):]
+        except OSError as e:
+            os.truncate(path, size)
+            raise write_error(path, e) from e
+
+
+def read_jsonl(path):
+    """The rows of a JSON-lines log. A last line cut short (by a crash or a full disk) is dropped
+    with a note; a bad line elsewhere is an error naming it."""
+    with open(path) as f:
+        lines = f.readlines()
+    rows = []
+    for i, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines):
+                raise SystemExit(f"{path}, line {i}: not valid JSON ({line[:60]!r}); "
+                                 "fix or delete that line") from None
+            print(f"note: {path}: dropped its last line, written only in part ({line[:60]!r})")
+    return rows
+
+
+# -----------------------------------------------------------------------------------------------
+# Checkpoints: a dict of tensors and plain values, read with weights_only=True so that a
+# malicious pickle cannot run code. train.py's are resumable (optimizer, loader, RNG state);
+# finetune.py's hold the finetuned model and its finetune_config.
+
+def save_checkpoint(obj, path):
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def checkpoint_kind(ckpt):
+    """'pretraining' (train.py), 'finetuned' (finetune.py) or 'foreign' (anything else)."""
+    if not isinstance(ckpt, dict) or not {"model", "model_config", "tokenizer"} <= ckpt.keys():
+        return "foreign"
+    if "finetune_config" in ckpt:
+        return "finetuned"
+    return "pretraining" if {"optimizer", "loader", "step"} <= ckpt.keys() else "foreign"
+
+
+KINDS = {"pretraining": "train.py's, with optimizer and loader state", "finetuned": "finetune.py's"}
+
+
+def read_checkpoint(path, device="cpu", kind=None):
+    """The dict of a ckpt.pt written by train.py or finetune.py (of that kind, if given);
+    anything else is refused, saying what was found there."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"no checkpoint at {path}; train one first with "
+                         "`python train.py --out_dir DIR`")
+    expected = "expected a ckpt.pt written by train.py or finetune.py"
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # a damaged or foreign file fails in many ways inside the unpickler
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SystemExit(f"{path}: not a checkpoint this project can read ({first}); "
+                         f"{expected}") from None
+    if checkpoint_kind(ckpt) == "foreign":
+        found = (f"a dict with the keys {', '.join(sorted(map(str, ckpt))[:8])}"
+                 if isinstance(ckpt, dict) else f"a {type(ckpt).__name__}")
+        raise SystemExit(f"{path}: not a checkpoint of this project: found {found}; {expected} "
+                         "(a Hugging Face GPT-2 directory goes to --init_from)")
+    found = checkpoint_kind(ckpt)
+    if kind is not None and found != kind:
+        raise SystemExit(f"{path} is a {found} checkpoint ({KINDS[found]}), but a {kind} one "
+                         f"({KINDS[kind]}) is needed here")
+    return ckpt
+
+
 def load_checkpoint(path, device="cpu"):
     """(model, tokenizer, checkpoint dict) from a ckpt.pt written by train.py or finetune.py."""
     from data import get_tokenizer
     from model import GPT, GPTConfig
-    if not os.path.isfile(path):
-        raise SystemExit(f"no checkpoint at {path}; train one first with "
-                         "`python train.py --out_dir DIR`")
-    ckpt = torch.load(path, map_location=device, weights_only=True)
+    ckpt = read_checkpoint(path, device)
     model = GPT(GPTConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
     return model.to(device), get_tokenizer(ckpt["tokenizer"]), ckpt
@@ -225,13 +355,14 @@ def download(url, dest, retries=3, timeout=60):
         have = part.stat().st_size if part.exists() else 0
         headers = {"User-Agent": "pause-data/1.0", **({"Range": f"bytes={have}-"} if have else {})}
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as r:
+            request = urllib.request.Request(url, headers=headers)
+            with urllib.request.urlopen(request, timeout=timeout) as r:
                 if have and r.status != 206:
                     have = 0  # the server ignored the Range request: start over
                 length = r.headers.get("Content-Length")
                 total = have + int(length) if length else None
-                with open(part, "ab" if have else "wb") as f, \
-                        tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=dest.name) as bar:
+                bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=dest.name)
+                with open(part, "ab" if have else "wb") as f, bar:
                     while chunk := r.read(1 << 20):
                         f.write(chunk)
                         bar.update(len(chunk))
@@ -251,8 +382,8 @@ def download(url, dest, retries=3, timeout=60):
             continue
         os.replace(part, dest)
         return dest
-    raise SystemExit(f"could not download {url} intact after {retries} attempts; run the command again "
-                     f"(a partial {part.name} is resumed)")
+    raise SystemExit(f"could not download {url} intact after {retries} attempts; run the command "
+                     f"again (a partial {part.name} is resumed)")
 
 
 # Dense bf16 peak FLOP/s from the datasheets, for MFU when --peak_flops is not given.

@@ -1,0 +1,156 @@
+import contextlib
+import errno
+import io
+import json
+import math
+import os
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from common import (append_jsonl, atomic_write, check_out_dir, checkpoint_kind, config_parser,
+                    read_checkpoint, read_jsonl, resolve_device, resolve_dtype, save_checkpoint,
+                    start_run_dir, write_json)
+
+
+@dataclass
+class Settings:
+    # a section comment is not a field's help
+    rate: float = 0.5      # how fast, in % per step
+    mode: str = "fast"     # the kind of run
+    steps: int = 10        # how many; 1e3 is accepted too
+    loud: bool = False     # print more
+
+
+def help_of(parser):
+    with pytest.raises(SystemExit), contextlib.redirect_stdout(io.StringIO()) as out:
+        parser.parse_args(["--help"])
+    return " ".join(out.getvalue().split())
+
+
+def test_help_shows_each_fields_comment_default_and_choices():
+    text = help_of(config_parser(Settings, "A tool.", choices={"mode": ["fast", "slow"]}))
+    assert "--rate RATE how fast, in % per step (default: 0.5)" in text
+    assert "--mode MODE the kind of run (choices: fast, slow) (default: fast)" in text
+    assert "--steps STEPS how many; 1e3 is accepted too (default: 10)" in text
+    assert "--loud, --no-loud print more (default: False)" in text
+    assert "section comment" not in text
+
+
+def test_parsed_flags_have_the_fields_types():
+    parser = config_parser(Settings, "", choices={"mode": ["fast", "slow"]})
+    args = parser.parse_args(["--steps", "2e3", "--loud", "--rate", "0.25"])
+    assert (args.steps, args.loud, args.rate, args.mode) == (2000, True, 0.25, "fast")
+    with pytest.raises(SystemExit), contextlib.redirect_stderr(io.StringIO()):
+        parser.parse_args(["--steps", "2.5"])
+    with pytest.raises(SystemExit), contextlib.redirect_stderr(io.StringIO()):
+        parser.parse_args(["--mode", "medium"])
+
+
+def test_atomic_write_keeps_the_old_file_when_a_write_fails(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    path.write_bytes(b"the last good one")
+
+    def fail_half_way(f):
+        f.write(b"half of the new")
+        raise RuntimeError("killed")
+    with pytest.raises(RuntimeError, match="killed"):
+        atomic_write(path, fail_half_way)
+    assert path.read_bytes() == b"the last good one"
+    assert os.listdir(tmp_path) == ["ckpt.pt"]  # the temporary file is gone
+
+    def full_disk(f):
+        f.write(b"half of the new")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    with pytest.raises(SystemExit, match="cannot write .*ckpt.pt: no space left on the disk"):
+        atomic_write(path, full_disk)
+    assert path.read_bytes() == b"the last good one" and os.listdir(tmp_path) == ["ckpt.pt"]
+    atomic_write(path, lambda f: f.write(b"new"))
+    assert path.read_bytes() == b"new" and os.listdir(tmp_path) == ["ckpt.pt"]
+
+
+def test_atomic_write_never_follows_a_planted_symlink(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (tmp_path / "ckpt.pt.tmp").symlink_to(victim)
+    save_checkpoint({"x": torch.ones(2)}, tmp_path / "ckpt.pt")
+    assert victim.read_text() == "precious"
+    assert torch.equal(torch.load(tmp_path / "ckpt.pt", weights_only=True)["x"], torch.ones(2))
+
+
+def test_json_files_hold_null_for_nan_and_infinity(tmp_path):
+    write_json({"a": math.nan, "b": [1.5, math.inf], "c": {"d": -math.inf}}, tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text()) == {"a": None, "b": [1.5, None],
+                                                             "c": {"d": None}}
+    append_jsonl({"step": 1, "loss": math.nan}, tmp_path / "m.jsonl")
+    assert (tmp_path / "m.jsonl").read_text() == '{"step": 1, "loss": null}\n'
+
+
+def test_read_jsonl_drops_a_half_last_line_and_names_a_bad_one(tmp_path, capsys):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "lo')
+    assert read_jsonl(path) == [{"step": 1}, {"step": 2}]
+    assert "dropped its last line" in capsys.readouterr().out
+    path.write_text('{"step": 1}\n{"step": 2,,}\n{"step": 3}\n')
+    with pytest.raises(SystemExit, match="m.jsonl, line 2: not valid JSON"):
+        read_jsonl(path)
+
+
+def test_start_run_dir(tmp_path, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in (1, 2, 3)))
+    (out / ".ckpt.pt.x1y2.tmp").write_bytes(b"a checkpoint cut short by a kill")
+    start_run_dir(str(out), resume_step=2)  # resuming from a checkpoint of step 2
+    assert read_jsonl(out / "metrics.jsonl") == [{"step": 1}, {"step": 2}]
+    assert sorted(os.listdir(out)) == ["metrics.jsonl"]
+    assert "left by a write that was interrupted" in capsys.readouterr().out
+    start_run_dir(str(out))  # a new run
+    assert os.listdir(out) == []
+
+
+def test_check_out_dir(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit, match="is a file, not a directory"):
+        check_out_dir(str(tmp_path / "file"), False, False)
+    with pytest.raises(SystemExit, match="--resume: no checkpoint at"):
+        check_out_dir(str(tmp_path / "new"), True, False)
+    check_out_dir(str(tmp_path / "new"), False, False)
+    (tmp_path / "ckpt.pt").write_bytes(b"")
+    with pytest.raises(SystemExit, match="ckpt.pt exists: give --resume .* --overwrite"):
+        check_out_dir(str(tmp_path), False, False)
+    check_out_dir(str(tmp_path), True, False)
+    check_out_dir(str(tmp_path), False, True)
+
+
+def test_checkpoints_are_told_apart(tmp_path):
+    base = {"model": {}, "model_config": {}, "tokenizer": "byte"}
+    pretraining = {**base, "optimizer": {}, "loader": {}, "step": 3}
+    assert checkpoint_kind(pretraining) == "pretraining"
+    assert checkpoint_kind({**base, "finetune_config": {}}) == "finetuned"
+    assert checkpoint_kind({"state_dict": {}}) == checkpoint_kind([1]) == "foreign"
+    torch.save({**base, "finetune_config": {}}, tmp_path / "ft.pt")
+    with pytest.raises(SystemExit, match="ft.pt is a finetuned checkpoint .* but a pretraining"):
+        read_checkpoint(tmp_path / "ft.pt", kind="pretraining")
+    assert read_checkpoint(tmp_path / "ft.pt")["tokenizer"] == "byte"
+    torch.save({"wte.weight": torch.zeros(2)}, tmp_path / "hf.bin")
+    with pytest.raises(SystemExit, match="found a dict with the keys wte.weight"):
+        read_checkpoint(tmp_path / "hf.bin")
+    (tmp_path / "junk.pt").write_bytes(b"not a pickle")
+    with pytest.raises(SystemExit, match="junk.pt: not a checkpoint this project can read"):
+        read_checkpoint(tmp_path / "junk.pt")
+    with pytest.raises(SystemExit, match="no checkpoint at"):
+        read_checkpoint(tmp_path / "missing.pt")
+
+
+def test_device_and_dtype_are_checked():
+    assert resolve_device("cpu") == "cpu"
+    with pytest.raises(SystemExit, match="--device must be auto, cpu, cuda or cuda:N"):
+        resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="--device cuda:1: this machine has no CUDA GPU"):
+            resolve_device("cuda:1")
+    assert resolve_dtype("auto", "cpu")[0] == "float32"
+    with pytest.raises(SystemExit, match="--dtype must be auto, float32 or bfloat16"):
+        resolve_dtype("float16", "cpu")
