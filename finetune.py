@@ -1,95 +1,113 @@
 """
-Pause-finetuning and pause-inference on downstream tasks (paper Sec. 3.2-3.3), and the paper's four
-configurations (StdPT_StdFT, StdPT_PauseFT, PausePT_StdFT, PausePT_PauseFT) as one experiment.
+Pause-finetuning and pause-inference on a downstream task (paper Sec. 3.2-3.3):
 
-    python finetune.py --ckpt out/ckpt.pt --task world:add --num_pauses 10    # one run, built-in task
+    python finetune.py --ckpt out/ckpt.pt --task world:add --num_pauses 10     # a built-in task
     python finetune.py --ckpt out/ckpt.pt --task squad --data data/ --num_pauses 10
-    torchrun --standalone --nproc_per_node=8 finetune.py --ckpt out/ckpt.pt --task gsm8k --data data/
-    python finetune.py --compare          # pretrain std + pause models, then the four configurations
+    python finetune.py --init_from gpt2 --task gsm8k --data data/ --num_pauses 10  # on GPT-2
+    torchrun --standalone --nproc_per_node=8 finetune.py --ckpt out/ckpt.pt --task gsm8k --data ...
 
-One run loads a pretrained checkpoint (its pause_frac says StdPT or PausePT), finetunes it with
-M_ft = --num_pauses pauses after every prompt (loss on the answer only; 0 is StdFT), then evaluates
-with M_inf = --num_pauses_eval pauses. It writes out_dir/metrics.jsonl, out_dir/predictions.jsonl
-and out_dir/results.json. Task values are percentages.
+The pretrained model (train.py's checkpoint, StdPT or PausePT by its pause_frac, or GPT-2, a StdPT
+model) is finetuned with M_ft = --num_pauses pauses after every prompt (M_ft = 0: StdFT), then
+evaluated with M_inf = --num_pauses_eval pauses as the task's official script scores it. Writes
+out_dir/metrics.jsonl, predictions.jsonl and results.json (scores in %). experiment.py runs it
+for the paper's four configurations, StdPT_StdFT, StdPT_PauseFT, PausePT_StdFT, PausePT_PauseFT.
 """
-import argparse
 import json
+import math
 import os
-import statistics
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+import gpt2
 import pause
-from tasks import exact_match, f1, get_task, load_task, score_prediction
-from common import (cleanup_ddp, load_checkpoint, lr_at, save_checkpoint, setup_ddp, write_json)
-from train import TrainConfig, train
+import tasks
+from common import (append_jsonl, atomic_write, cleanup_ddp, config_parser, json_safe,
+                    load_checkpoint, lr_at, resolve_device, resolve_dtype, save_checkpoint,
+                    setup_ddp, write_json)
+from data import get_tokenizer
 
 
 @dataclass
 class FinetuneConfig:
-    # what to finetune, on which task
-    ckpt: str = ""                # a pretrained checkpoint (train.py's out_dir/ckpt.pt)
-    task: str = "world:chain"     # one of the nine (see TASKS) or a built-in 'world:add|chain|story'
-    data: str = ""                # real tasks: a directory (DIR/NAME/ as downloaded) or the training file
-    eval_data: str = ""           # the evaluation file, when --data names a file
-    n_train: int = 4000           # training examples (built-in: generated; real: the first n; -1: all)
-    n_eval: int = 200             # evaluation examples (-1: all)
-    out_dir: str = "out_finetune"
+    # the pretrained model: exactly one of --ckpt and --init_from
+    ckpt: str = ""                # train.py's checkpoint (its out_dir/ckpt.pt)
+    init_from: str = ""           # GPT-2's weights (a StdPT model): gpt2 ... gpt2-xl, or a DIR
+    # the task
+    task: str = "world:chain"     # one of the nine real tasks, or a built-in task of the world
+    data: str = ""                # real tasks: a DIR (as prepare.py task writes it) or a train FILE
+    eval_data: str = ""           # the evaluation FILE; needed when --data is a file
+    n_train: int = -1             # training examples; -1: the whole split, or 4000 made (built-in)
+    n_eval: int = -1              # evaluation examples; -1: the whole split, or 200 made (built-in)
+    data_seed: int = 0            # which random subset a positive n draws; which built-in examples
     # the paper's knobs
-    num_pauses: int = 10          # M_ft; 0 is standard finetuning (StdFT)
-    num_pauses_eval: int = -1     # M_inf; -1 means M_inf = M_ft
-    where: str = "append"         # 'prepend' is the paper's ablation (with --compare: extra rows)
-    filler: str = ""              # evaluate with this token (e.g. '.') instead of pauses: filler baseline
-    score_choices: bool = False   # score every multiple-choice task by likelihood (CommonSenseQA too)
-    # optimization: AdamW, linear warmup then cosine decay (train.lr_at)
-    max_steps: int = 250
-    batch_size: int = 32          # global batch, split across DDP ranks
-    lr: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_steps: int = 30
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    seed: int = 0
-    max_new_tokens: int = 0       # 0: the longest training answer + 2, at most a quarter of the context
-    eval_batch_size: int = 16     # rows per forward pass when scoring choices
-    log_interval: int = 25
-    device: str = "auto"          # auto, cpu, cuda, cuda:N (torchrun picks cuda:LOCAL_RANK)
-    dtype: str = "auto"           # auto (bfloat16 autocast on a GPU that has it, else float32), float32, bfloat16
+    num_pauses: int = 10          # M_ft, pauses after each prompt in finetuning; 0 is StdFT
+    num_pauses_eval: int = -1     # M_inf, pauses after each prompt at inference; -1: M_inf = M_ft
+    where: str = "append"         # pauses after the prompt, or before it (the paper's ablation)
+    filler: str = ""              # evaluate with M_inf copies of this token (e.g. '.') not pauses
+    score_choices: bool = False   # commonsense_qa: score the letters by likelihood, not decode
+    # optimization: AdamW, linear warmup then cosine decay
+    max_steps: int = 250          # optimizer steps; 0 evaluates the pretrained model as it is
+    batch_size: int = 32          # examples per step, over all DDP ranks together
+    lr: float = 1e-3              # peak learning rate
+    min_lr: float = 1e-4          # learning rate at the end of the cosine decay
+    warmup_steps: int = 30        # steps of linear warmup
+    weight_decay: float = 0.1     # AdamW's, on the matrices only
+    grad_clip: float = 1.0        # clip the gradient's norm to this; 0: no clipping
+    seed: int = 0                 # the order of the training examples
+    # evaluation
+    max_new_tokens: int = 0       # 0: the longest training answer + 2, at most 1/4 of the context
+    eval_batch_size: int = 16     # prompts decoded (or rows scored) together
+    # system and output
+    log_interval: int = 25        # steps between two lines of out_dir/metrics.jsonl
+    device: str = "auto"          # auto, cpu, cuda, cuda:N (torchrun: cuda:LOCAL_RANK)
+    dtype: str = "auto"           # auto: bfloat16 on a GPU that has it, else float32
+    out_dir: str = "out_finetune"  # where metrics.jsonl, predictions.jsonl, results.json go
     save: bool = False            # also write the finetuned model to out_dir/ckpt.pt
-    # the four configurations and the ablations (--compare)
-    compare: bool = False
-    std_ckpt: str = ""            # StdPT checkpoint; empty: pretrain one on the built-in corpus
-    pause_ckpt: str = ""          # PausePT checkpoint; empty: pretrain one with --pretrain_pause_frac
-    pretrain_pause_frac: float = 0.1
-    pretrain_steps: int = 0       # 0: train.py's default
-    seeds: int = 3
-    minf_sweep: bool = False      # M_inf in {0, M_ft/2, M_ft, 3M_ft/2, 2M_ft} for the PauseFT models
-    filler_baseline: bool = False  # StdPT_StdFT evaluated with M_ft '.' tokens instead of pauses
+    overwrite: bool = False       # replace an earlier run's results.json and ckpt.pt in out_dir
+
+
+BUILTIN_SIZES = {"train": 4000, "test": 200}  # examples made for a built-in task by default
+LAMBADA = tasks.TASKS["lambada"]  # decoded for exactly the target's length, with no stop token
+LETTERS = "lm-evaluation-harness commonsense_qa (the letters A-E, scored)"  # --score_choices
 
 
 # -----------------------------------------------------------------------------------------------
-# Token rows. The context is finite: when prompt + pauses + answer do not fit, the prompt is cut
-# from the left (its end, next to the question, matters most); the pauses and the answer never are.
+# Rows with pauses. The context is finite: when prompt + pauses + answer do not fit, the prompt is
+# cut from the left (its end, next to the question, matters most); pauses and answer never are.
 
-def fit_prompt(prompt_ids, room):
-    """(the last `room` tokens of the prompt, whether anything was cut)."""
+def fit_prompt(prompt_ids, room, settings):
+    """(the last `room` tokens of the prompt, whether any were cut); `settings` take the rest."""
     if room < 1:
-        raise ValueError(f"the pauses and the answer leave no room for the prompt in the context ({room} "
-                         "positions); use fewer pauses, a shorter --max_new_tokens, or a longer context")
+        raise SystemExit(f"{settings} leave no room for the prompt in the context; use fewer "
+                         "pauses, a shorter answer, or a model with a longer context")
     return (prompt_ids[-room:], True) if len(prompt_ids) > room else (prompt_ids, False)
 
 
-def delay_tokens(prompt_ids, num_pauses, pause_id, filler_id=None, where="append"):
-    """(prefix, pauses left for pause.py): the filler baseline writes filler tokens where the
-    pauses would go and asks pause.py for no pauses; otherwise pause.py appends them."""
-    if filler_id is None:
-        return prompt_ids, num_pauses
-    return pause.append_pauses(prompt_ids, num_pauses, filler_id, where).tolist(), 0
+def answer_ids(tok, task, text):
+    """The answer's tokens, then where decoding stops: <|endoftext|> after GSM8K's many-line
+    solutions, else a newline."""
+    return tok.encode(text) + ([tok.eot_id] if task.stop == "eot" else tok.encode("\n"))
+
+
+def training_rows(examples, task, tok, block_size, num_pauses, where):
+    """pause.finetune_example's (x, y) for every example, and how many prompts were cut."""
+    rows, cut = [], 0
+    for ex, prompt in zip(examples, tok.encode_batch([e["prompt"] for e in examples])):
+        target = answer_ids(tok, task, ex["target"])
+        prompt, was_cut = fit_prompt(prompt, block_size - num_pauses - len(target) + 1,
+                                     f"--num_pauses (M_ft) {num_pauses} and an answer of "
+                                     f"{len(target)} tokens")
+        cut += was_cut
+        rows.append(pause.finetune_example(prompt, target, num_pauses, tok.pause_id, where,
+                                           block_size))
+    return rows, cut
 
 
 def pad_rows(rows, pad_id):
@@ -102,202 +120,228 @@ def pad_rows(rows, pad_id):
     return X, Y
 
 
-class Context:
-    """What every step needs to know about the model: tokenizer, pause id, context, devices."""
-
-    def __init__(self, tok, block_size, vocab_size, device="cpu", rank=0, world_size=1, dtype="float32"):
-        self.tok, self.block_size, self.vocab_size = tok, block_size, vocab_size
-        self.device, self.rank, self.world_size = device, rank, world_size
-        # bf16 autocast on GPUs: matmuls in bfloat16, weights and optimizer state in float32.
-        self.autocast = lambda: (torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
-                                 if dtype == "bfloat16" else nullcontext())
-        self.pause_id, self.eot_id = tok.pause_id, tok.eot_id
-        # Decoding stops at <|endoftext|> or at any token whose text holds a newline.
-        self.newline_ids = {i for i in range(tok.eot_id) if b"\n" in tok.enc.decode_single_token_bytes(i)}
-
-    def stop_ids(self, task):
-        return {self.eot_id} | (self.newline_ids if task.stop == "newline" else set())
-
-    def target_ids(self, ex, task):
-        end = [self.eot_id] if task.stop == "eot" else self.tok.encode("\n")
-        return self.tok.encode(ex["target"]) + end
-
-
-def training_rows(examples, task, ctx, num_pauses, where):
-    """(x, y) for every example via pause.finetune_example, and how many prompts were cut."""
-    rows, cut = [], 0
-    prompts = ctx.tok.encode_batch([e["prompt"] for e in examples])
-    for ex, prompt_ids in zip(examples, prompts):
-        target = ctx.target_ids(ex, task)
-        prompt_ids, was_cut = fit_prompt(prompt_ids, ctx.block_size - num_pauses - len(target) + 1)
-        cut += was_cut
-        rows.append(pause.finetune_example(prompt_ids, target, num_pauses, ctx.pause_id, where, ctx.block_size))
-    return rows, cut
-
-
 # -----------------------------------------------------------------------------------------------
-# Evaluation: multiple-choice tasks by likelihood, the others by greedy decoding. Both see the
-# prompt followed by M_inf pauses (or filler tokens), exactly as in finetuning.
+# Evaluation. Multiple-choice tasks by the likelihood of each choice, the others by greedy
+# pause-inference; both see the prompt with M_inf pauses (or filler tokens), as in finetuning.
+
+def eval_inputs(examples, task, tok, block_size, m_inf, where, filler_id, max_new, by_choice):
+    """What evaluation feeds the model, built before finetuning so that settings which do not fit
+    the context stop the run before its first step. Per example of this DDP rank: teacher-forced
+    rows (one per choice, or the gold answer for its loss) and, to decode, prefix and length."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    mine = range(rank, len(examples), world)
+    m = m_inf if filler_id is None else 0
+
+    def delay(ids):  # the filler baseline writes its tokens into the prefix, pause.py adds none
+        if filler_id is None:
+            return ids
+        return pause.append_pauses(ids, m_inf, filler_id, where).tolist()
+    inputs = []
+    for i, prompt in zip(mine, tok.encode_batch([examples[i]["prompt"] for i in mine])):
+        ex = examples[i]
+        answers = ([tok.encode(c) for c in ex["choices"]] if by_choice
+                   else [answer_ids(tok, task, ex["target"])])
+        longest = max(map(len, answers))
+        kept, cut = fit_prompt(prompt, block_size - m_inf - longest + 1, f"--num_pauses_eval "
+                               f"(M_inf) {m_inf} and an answer of {longest} tokens")
+        inp = {"index": i, "cut": cut, "rows": [pause.finetune_example(
+            delay(kept), a, m, tok.pause_id, where) for a in answers]}
+        if not by_choice:  # decoding needs room for max_new tokens, not for the gold answer
+            kept, inp["cut"] = fit_prompt(prompt, block_size - m_inf - max_new, "--num_pauses_eval"
+                                          f" (M_inf) {m_inf} and --max_new_tokens {max_new}")
+            inp.update(prefix=delay(kept),
+                       n_new=len(tok.encode(ex["target"])) if task is LAMBADA else max_new)
+        inputs.append(inp)
+    return inputs
+
 
 @torch.no_grad()
-def score_choices(model, rows, ctx, batch_size):
-    """Sum of the log-probabilities of each row's targets (y != IGNORE), in batches."""
+def sum_logprobs(model, rows, pad_id, pause_id, batch_size, autocast):
+    """Sum of the log-probabilities of each row's targets (y != IGNORE), batch_size rows at once."""
     out = []
     for i in range(0, len(rows), batch_size):
-        x, y = pad_rows(rows[i:i + batch_size], ctx.eot_id)
-        x, y = x.to(ctx.device), y.to(ctx.device)
-        with ctx.autocast():
+        x, y = (t.to(model.device) for t in pad_rows(rows[i:i + batch_size], pad_id))
+        with autocast:
             logits = model(x)[0]
         # Score with the distribution the decoder uses: the vocabulary's padding ids and the pause
         # (never a target) get no probability. Only the scored positions are normalized.
         scored = y != pause.IGNORE
-        logits = logits[scored][:, :ctx.vocab_size].float()
-        logits[:, ctx.pause_id] = float("-inf")
+        logits = logits[scored][:, :model.config.vocab_size].float()
+        logits[:, pause_id] = float("-inf")
         picked = F.log_softmax(logits, dim=-1).gather(1, y[scored].unsqueeze(1)).squeeze(1)
-        per_row = torch.zeros(x.size(0), device=picked.device).index_add_(0, scored.nonzero()[:, 0], picked)
-        out += per_row.tolist()
+        per_row = torch.zeros(x.size(0), device=picked.device)
+        out += per_row.index_add_(0, scored.nonzero()[:, 0], picked).tolist()
     return out
 
 
-def answer_loss(records):
-    """Mean teacher-forced loss per gold-answer token (generation tasks), or None."""
-    if "answer_nll" not in records[0]:
-        return None
-    return sum(r["answer_nll"] for r in records) / sum(r["answer_tokens"] for r in records)
+def decode(model, tok, task, inputs, num_pauses, where, batch_size, autocast, progress=False):
+    """Greedy pause-inference (pause.pause_generate) from every input's prefix, batch_size
+    prompts at once; each one's new tokens, in order."""
+    # Decoding stops at <|endoftext|>, and for one-line answers at any token holding a newline.
+    stop = set() if task is LAMBADA else {tok.eot_id} | (set() if task.stop == "eot" else {
+        i for i in range(tok.eot_id) if b"\n" in tok.enc.decode_single_token_bytes(i)})
+    # Prompts sorted by length share a batch, so little of it is left padding.
+    order = sorted(range(len(inputs)), key=lambda k: len(inputs[k]["prefix"]))
+    new = [None] * len(inputs)
+    for s in tqdm(range(0, len(order), batch_size), desc="decode", disable=not progress):
+        batch = order[s:s + batch_size]
+        with autocast:
+            out = pause.pause_generate(model, [inputs[k]["prefix"] for k in batch], num_pauses,
+                                       tok.pause_id, max(inputs[k]["n_new"] for k in batch),
+                                       where=where, stop_ids=stop)
+        for k, ids in zip(batch, out):  # a row that asked for fewer tokens keeps its own number
+            new[k] = ids[:inputs[k]["n_new"]]
+    return new
 
 
-def evaluate(model, examples, task, ctx, num_pauses, where="append", filler_id=None, max_new_tokens=8,
-             batch_size=64, generate=None, progress=True):
-    """Score every example; returns (mean score, per-example records, number of prompts cut).
-    Under DDP each rank takes every world_size-th example and the records are gathered."""
+def evaluate(model, tok, task, examples, inputs, num_pauses, where="append", batch_size=16,
+             autocast=nullcontext(), progress=False):
+    """Score every example of `inputs` (from eval_inputs; num_pauses is 0 for the filler
+    baseline). Returns records, each with its prediction and `metrics` (in [0, 1], by tasks.score
+    or tasks.choose), gathered from every DDP rank in example order."""
     model.eval()
-    mine = list(range(ctx.rank, len(examples), ctx.world_size))
-    is_choice = task.metric == "acc" if generate is None else not generate
-    records, cut = [], 0
-    prompts = ctx.tok.encode_batch([examples[i]["prompt"] for i in mine])
-    if is_choice:
-        # acc_norm: the choice with the highest log-likelihood per character of its text.
-        rows, owners = [], []
-        for i, prompt_ids in zip(mine, prompts):
-            choices = [ctx.tok.encode(c) for c in examples[i]["choices"]]
-            prompt_ids, was_cut = fit_prompt(prompt_ids, ctx.block_size - num_pauses - max(map(len, choices)) + 1)
-            cut += was_cut
-            prefix, m = delay_tokens(prompt_ids, num_pauses, ctx.pause_id, filler_id, where)
-            for c in choices:
-                rows.append(pause.finetune_example(prefix, c, m, ctx.pause_id, where))
-                owners.append(i)
-        logp = score_choices(model, rows, ctx, batch_size)
-        k = 0
-        for i in mine:
-            ex = examples[i]
-            norm = [logp[k + j] / max(1, len(c)) for j, c in enumerate(ex["choices"])]
-            k += len(norm)
-            pred = max(range(len(norm)), key=norm.__getitem__)
-            records.append({"index": i, "prediction": pred, "label": ex["label"], "score": float(pred == ex["label"])})
-    else:
-        stop = ctx.stop_ids(task)
-        for i, prompt_ids in tqdm(list(zip(mine, prompts)), desc="decode", disable=not progress, leave=False):
-            prompt_ids, was_cut = fit_prompt(prompt_ids, ctx.block_size - num_pauses - max_new_tokens)
-            cut += was_cut
-            prefix, m = delay_tokens(prompt_ids, num_pauses, ctx.pause_id, filler_id, where)
-            with ctx.autocast():
-                new = pause.pause_generate(model, prefix, m, ctx.pause_id, max_new_tokens, where=where, stop_ids=stop)
-            prediction = ctx.tok.decode(new)
-            golds = examples[i]["answers"]
-            records.append({"index": i, "prediction": prediction, "answers": golds,
-                            "score": score_prediction(task.metric, prediction, golds),
-                            **({"f1": f1(prediction, golds), "em": exact_match(prediction, golds)}
-                               if task.metric in ("em", "f1") else {})})
-        # The teacher-forced loss of the gold answer, in nats per answer token: a smooth measure that
-        # still separates configurations when a small model gets few answers exactly right.
-        rows = []
-        for i, prompt_ids in zip(mine, prompts):
-            target = ctx.target_ids(examples[i], task)
-            prompt_ids, _ = fit_prompt(prompt_ids, ctx.block_size - num_pauses - len(target) + 1)
-            prefix, m = delay_tokens(prompt_ids, num_pauses, ctx.pause_id, filler_id, where)
-            rows.append(pause.finetune_example(prefix, target, m, ctx.pause_id, where))
-        for rec, logp, (_, y) in zip(records, score_choices(model, rows, ctx, batch_size), rows):
-            rec["answer_nll"], rec["answer_tokens"] = -logp, int((y != pause.IGNORE).sum())
-    if ctx.world_size > 1:
-        gathered = [None] * ctx.world_size
-        torch.distributed.all_gather_object(gathered, (records, cut))
-        records = sorted((r for rs, _ in gathered for r in rs), key=lambda r: r["index"])
-        cut = sum(c for _, c in gathered)
-    return 100.0 * sum(r["score"] for r in records) / len(records), records, cut
+    logps = iter(sum_logprobs(model, [r for inp in inputs for r in inp["rows"]], tok.eot_id,
+                              tok.pause_id, batch_size, autocast))
+    new = iter(decode(model, tok, task, [inp for inp in inputs if "prefix" in inp], num_pauses,
+                      where, batch_size, autocast, progress))
+    records = []
+    for inp in inputs:
+        ex, rec = examples[inp["index"]], {"index": inp["index"], "cut": inp["cut"]}
+        if "prefix" not in inp:  # multiple choice: lm-evaluation-harness's acc and acc_norm
+            picks = tasks.choose([next(logps) for _ in inp["rows"]], ex["choices"])
+            records.append({**rec, "prediction": picks, "label": ex["label"],
+                            "metrics": {k: float(i == ex["label"]) for k, i in picks.items()}})
+            continue
+        # The gold answer's loss in nats per token: a smooth measure that still separates
+        # configurations when a small model gets few answers exactly right.
+        prediction = tok.decode(next(new))
+        records.append({**rec, "prediction": prediction, "answers": ex["answers"],
+                        "answer_nll": -next(logps),
+                        "answer_tokens": int((inp["rows"][0][1] != pause.IGNORE).sum()),
+                        "metrics": tasks.score(task, prediction, ex["answers"])})
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        gathered = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, records)
+        records = sorted((r for rs in gathered for r in rs), key=lambda r: r["index"])
+    return records
 
 
 # -----------------------------------------------------------------------------------------------
 # One finetuning run.
 
-def load_pretrained(path, device):
-    """The model, tokenizer and checkpoint dict of train.py's checkpoint; refuses one whose
-    vocabulary has no pause token (the four configurations share one vocabulary)."""
-    if not os.path.isfile(path):
-        raise SystemExit(f"checkpoint {path!r} not found: pretrain one with `python train.py --out_dir DIR` "
-                         "(add --pause_frac 0.1 for PausePT) and pass --ckpt DIR/ckpt.pt")
-    model, tok, ckpt = load_checkpoint(path, device)
+def check_config(cfg):
+    """Every setting that can be checked without the model, before any work."""
+    lowest = {"batch_size": 1, "eval_batch_size": 1, "log_interval": 1, "seed": 0, "data_seed": 0,
+              "max_steps": 0, "warmup_steps": 0, "num_pauses": 0, "num_pauses_eval": -1,
+              "max_new_tokens": 0, "min_lr": 0, "grad_clip": 0, "weight_decay": 0, "n_train": -1,
+              "n_eval": -1}
+    for flag, low in lowest.items():
+        if not getattr(cfg, flag) >= low:
+            raise SystemExit(f"--{flag} must be >= {low}, got {getattr(cfg, flag)}")
+    data_file = os.path.isfile(cfg.data)
+    for wrong, message in [
+            (not cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}"),
+            (0 in (cfg.n_train, cfg.n_eval), "--n_train and --n_eval are -1 (the task's default) "
+             "or >= 1, not 0"),
+            (bool(cfg.ckpt) == bool(cfg.init_from), "give exactly one pretrained model: --ckpt (a "
+             f"train.py checkpoint) or --init_from ({', '.join(gpt2.NAMES)} or a DIR)"),
+            (cfg.task in tasks.BUILTIN and (cfg.data or cfg.eval_data), "--data and --eval_data "
+             f"are for the real tasks; {cfg.task} is generated"),
+            (cfg.task in tasks.TASKS and not cfg.data, f"--task {cfg.task} needs --data DIR (after "
+             f"`python prepare.py task {cfg.task} --out DIR`), or --data FILE --eval_data FILE"),
+            # a model is never scored on its own training data
+            (data_file and not cfg.eval_data, f"--data {cfg.data} is a file, the training split: "
+             "give the evaluation split with --eval_data FILE"),
+            (data_file and os.path.isfile(cfg.eval_data) and os.path.samefile(
+                cfg.data, cfg.eval_data), f"--eval_data {cfg.eval_data} is the training file"),
+            (cfg.score_choices and cfg.task != "commonsense_qa", "--score_choices is for "
+             "commonsense_qa (piqa and hellaswag are always scored by likelihood)"),
+            (os.path.isfile(cfg.out_dir), f"--out_dir {cfg.out_dir} is a file; name a directory")]:
+        if wrong:
+            raise SystemExit(message)
+    resolve_device(cfg.device)  # a GPU asked for on a machine without one is refused here
+    held = [f for f in ("results.json", "ckpt.pt") if os.path.exists(os.path.join(cfg.out_dir, f))]
+    if held and not cfg.overwrite:
+        raise SystemExit(f"--out_dir {cfg.out_dir} already holds {' and '.join(held)} of an "
+                         "earlier run; give another --out_dir, or --overwrite to replace them")
+
+
+def load_model(cfg, device):
+    """(model, tokenizer, pause_frac): train.py's checkpoint, or GPT-2's weights (StdPT)."""
+    if cfg.init_from:
+        tok = get_tokenizer("gpt2")  # GPT-2's vocabulary and <|pause|>, whose row gpt2.py adds
+        return gpt2.from_pretrained(cfg.init_from, tok.vocab_size).to(device), tok, 0.0
+    try:  # a foreign file is refused, saying what it holds and what a checkpoint holds
+        model, tok, ckpt = load_checkpoint(cfg.ckpt, device)
+    except SystemExit as e:
+        raise SystemExit(f"--ckpt: {e}") from None
     if ckpt.get("pause_id") is None or tok.pause_id >= model.config.vocab_size:
-        raise ValueError(f"{path}: the model's vocabulary ({model.config.vocab_size} ids) has no pause token "
-                         f"(the {tok.name} tokenizer's <|pause|> is id {tok.pause_id}); finetune.py needs a "
-                         "checkpoint written by train.py, whose vocabulary includes <|pause|>")
-    return model, tok, ckpt
+        raise SystemExit(f"--ckpt {cfg.ckpt}: the model's vocabulary ({model.config.vocab_size} "
+                         f"ids) has no pause token (the {tok.name} tokenizer's <|pause|> is id "
+                         f"{tok.pause_id}); finetune.py needs train.py's vocabulary, which has it")
+    return model, tok, ckpt.get("pause_frac", 0.0)
 
 
-def config_name(pause_frac, num_pauses):
-    return ("PausePT" if pause_frac > 0 else "StdPT") + ("_PauseFT" if num_pauses > 0 else "_StdFT")
+def load_examples(cfg, split):
+    """(examples, whether they are the whole split). -1 is the task's default: the whole split
+    of a real task, BUILTIN_SIZES generated examples of a built-in one."""
+    n = cfg.n_train if split == "train" else cfg.n_eval
+    n = BUILTIN_SIZES[split] if cfg.task in tasks.BUILTIN and n == -1 else n
+    path = cfg.eval_data if split == "test" and cfg.eval_data else cfg.data
+    try:
+        examples = tasks.load_task(cfg.task, path, split, n, seed=cfg.data_seed)
+    except ValueError as e:
+        raise SystemExit(f"--task {cfg.task}: {e}") from None
+    if cfg.score_choices:  # lm-evaluation-harness's commonsense_qa: the letters, trained and scored
+        examples = [{**e, "choices": e["choice_letters"], "target": e["choice_letters"][e["label"]]}
+                    for e in examples]
+    return examples, n == -1
 
 
-
-def finetune(cfg, env=None, data=None, progress=True):
-    """Finetune cfg.ckpt on cfg.task with M_ft = cfg.num_pauses and evaluate it with M_inf pauses.
-    env: (rank, world_size, device) from train.setup_ddp(); data: (train, eval) examples already
-    loaded. Returns (model, ctx, results); rank 0 writes out_dir/results.json."""
-    rank, world_size, device = env or (0, 1, "cuda" if torch.cuda.is_available() and cfg.device == "auto" else
-                                       "cpu" if cfg.device == "auto" else cfg.device)
-    dtype = cfg.dtype
-    if dtype == "auto":
-        dtype = "bfloat16" if torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
-    if dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"--dtype must be auto, float32 or bfloat16, got {cfg.dtype!r}")
+def finetune(cfg, env=None, progress=True):
+    """Finetune the pretrained model on cfg.task with M_ft = cfg.num_pauses, then evaluate it with
+    M_inf pauses. env: (rank, world_size, device) from common.setup_ddp(). Returns (model,
+    results); rank 0 writes them to out_dir."""
+    check_config(cfg)
+    rank, world_size, device = env or (0, 1, resolve_device(cfg.device))
+    master, device_type = rank == 0, torch.device(device).type
+    _, autocast = resolve_dtype(cfg.dtype, device)
     if cfg.batch_size % world_size:
-        raise ValueError(f"--batch_size {cfg.batch_size} must be a multiple of the {world_size} DDP ranks")
-    if cfg.where not in ("append", "prepend"):
-        raise ValueError(f"--where must be 'append' or 'prepend', got {cfg.where!r}")
-    task = get_task(cfg.task)
-    m_ft = cfg.num_pauses
+        raise SystemExit(f"--batch_size {cfg.batch_size} must be a multiple of the {world_size} "
+                         "DDP ranks")
+    task, m_ft = tasks.get_task(cfg.task), cfg.num_pauses
     m_inf = m_ft if cfg.num_pauses_eval < 0 else cfg.num_pauses_eval
     torch.manual_seed(cfg.seed)
-    model, tok, ckpt = load_pretrained(cfg.ckpt, device)
-    ctx = Context(tok, model.config.block_size, model.config.vocab_size, device, rank, world_size, dtype)
-    filler_id = None
-    if cfg.filler:
-        ids = tok.encode(cfg.filler)
-        if len(ids) != 1:
-            raise ValueError(f"--filler {cfg.filler!r} must be one token of the {tok.name} tokenizer, it is {len(ids)}")
-        filler_id = ids[0]
-    if data is None:
-        eval_path = cfg.eval_data or cfg.data
-        data = (load_task(cfg.task, cfg.data, "train", cfg.n_train, seed=0),
-                load_task(cfg.task, eval_path, "test", cfg.n_eval, seed=0))
-    train_examples, eval_examples = data
-    rows, cut_train = training_rows(train_examples, task, ctx, m_ft, cfg.where)
-    # Generation needs room for the answer: by default the longest training answer and two spare tokens.
-    max_new = cfg.max_new_tokens or min(max(len(ctx.target_ids(e, task)) for e in train_examples) + 2,
-                                        ctx.block_size // 4)
-    model_ddp = model
+    model, tok, pause_frac = load_model(cfg, device)
+    block_size, filler = model.config.block_size, tok.encode(cfg.filler)
+    if cfg.filler and len(filler) != 1:
+        raise SystemExit(f"--filler {cfg.filler!r} must be one token of the {tok.name} "
+                         f"tokenizer; it is {len(filler)}")
+    (train_examples, _), (eval_examples, whole_split) = (load_examples(cfg, split)
+                                                         for split in ("train", "test"))
+    rows, cut_train = training_rows(train_examples, task, tok, block_size, m_ft, cfg.where)
+    # Decoding needs room for the answer: by default the longest training answer + 2 tokens.
+    max_new = cfg.max_new_tokens or min(block_size // 4, 2 + max(
+        len(answer_ids(tok, task, e["target"])) for e in train_examples))
+    if task is LAMBADA:
+        max_new = max(len(tok.encode(e["target"])) for e in eval_examples)
+    inputs = eval_inputs(eval_examples, task, tok, block_size, m_inf, cfg.where,
+                         filler[0] if cfg.filler else None, max_new,
+                         by_choice=task.scorer is None or cfg.score_choices)
+
+    # ---- pause-finetuning: AdamW on the loss of the answer tokens
+    raw_model = model
     if world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        model_ddp = DDP(model, device_ids=[device] if torch.device(device).type == "cuda" else None)
-    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr, device_type=torch.device(device).type)
-    name = config_name(ckpt.get("pause_frac", 0.0), m_ft)
-    master = rank == 0
+        model = DDP(model, device_ids=[device] if device_type == "cuda" else None)
+    optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.lr, device_type=device_type)
+    name = ("PausePT" if pause_frac > 0 else "StdPT") + ("_PauseFT" if m_ft > 0 else "_StdFT")
+    log_path = os.path.join(cfg.out_dir, "metrics.jsonl")
     if master:
         os.makedirs(cfg.out_dir, exist_ok=True)
-        log = open(os.path.join(cfg.out_dir, "metrics.jsonl"), "w")
+        atomic_write(log_path, lambda f: None)  # the log starts empty (under --overwrite too)
+        cut = f"; {cut_train} prompts cut from the left to fit the context" if cut_train else ""
         print(f"{name} on {cfg.task}: {len(rows)} training rows, M_ft={m_ft}, M_inf={m_inf}, "
-              f"{cfg.max_steps} steps of {cfg.batch_size}" + (f"; {cut_train} prompts cut from the left to fit "
-                                                                f"the context of {ctx.block_size}" if cut_train else ""))
-
+              f"{cfg.max_steps} steps of {cfg.batch_size}{cut}")
     # Every rank draws the same global batch from the same generator and keeps its share; the loss
     # is the sum over the global batch's answer tokens divided by their number, so DDP's gradient
     # average equals one process on the whole batch.
@@ -306,202 +350,104 @@ def finetune(cfg, env=None, data=None, progress=True):
     model.train()
     t0, loss_acc, steps_acc = time.time(), 0.0, 0
     for step in tqdm(range(cfg.max_steps), desc=name, disable=not (master and progress)):
+        # an epoch is one pass over the rows in a random order; a fresh order when it runs out
         if pos + cfg.batch_size > len(order):
             order, pos = torch.randperm(len(rows), generator=gen), 0
         batch = [rows[i] for i in order[pos:pos + cfg.batch_size].tolist()]
         pos += cfg.batch_size
         n_tokens = sum(int((y != pause.IGNORE).sum()) for _, y in batch)
-        x, y = pad_rows(batch[rank::world_size], ctx.eot_id)
-        x, y = x.to(device), y.to(device)
+        x, y = (t.to(device) for t in pad_rows(batch[rank::world_size], tok.eot_id))
         lr = lr_at(step, cfg.max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        with ctx.autocast():
-            logits, _ = model_ddp(x)
+        with autocast:
+            logits, _ = model(x)
+        # only the answer is a target: y is IGNORE on the prompt and the pauses (paper Sec. 3.2)
         loss_sum = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), y.view(-1),
                                    ignore_index=pause.IGNORE, reduction="sum")
-        (loss_sum * world_size / n_tokens).backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        (loss_sum * world_size / n_tokens).backward()  # DDP divides by world_size: undone here
+        # The norm is taken even without clipping (max_norm inf scales by 1): after DDP's
+        # all-reduce it is the same on every rank, so that all of them stop at the same step.
+        norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip or math.inf)
+        loss = loss_sum.item() / n_tokens  # this rank's share of the global batch's loss
+        if not math.isfinite(loss + norm.item()):
+            raise SystemExit(f"step {step}: the loss ({loss:.4g}) or its gradient is not finite; "
+                             "stopped before the update, nothing saved. The likely cause is a "
+                             f"learning rate too high for this model: lower --lr {cfg.lr}")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        loss_acc, steps_acc = loss_acc + loss_sum.item() / n_tokens, steps_acc + 1  # this rank's share
+        loss_acc, steps_acc = loss_acc + loss, steps_acc + 1
         if step % cfg.log_interval == 0 or step == cfg.max_steps - 1:
             if world_size > 1:  # the shares of all ranks add up to the global batch's loss
                 shared = torch.tensor([loss_acc], dtype=torch.float64, device=device)
-                torch.distributed.all_reduce(shared)
+                dist.all_reduce(shared)
                 loss_acc = shared.item()
             if master:
-                log.write(json.dumps({"step": step, "loss": loss_acc / steps_acc, "lr": lr,
-                                      "time_s": round(time.time() - t0, 2)}) + "\n")
-                log.flush()
+                append_jsonl({"step": step, "loss": loss_acc / steps_acc, "lr": lr,
+                              "time_s": round(time.time() - t0, 2)}, log_path)
             loss_acc, steps_acc = 0.0, 0
 
-    value, records, cut_eval = evaluate(model, eval_examples, task, ctx, m_inf, cfg.where, filler_id,
-                                        max_new, cfg.eval_batch_size, generate=False if cfg.score_choices and
-                                        "choices" in eval_examples[0] else None, progress=master and progress)
+    # ---- pause-inference, scored by the task's official metrics (means over examples, in %)
+    records = evaluate(raw_model, tok, task, eval_examples, inputs, 0 if cfg.filler else m_inf,
+                       cfg.where, cfg.eval_batch_size, autocast, master and progress)
+    metrics = {k: 100.0 * sum(r["metrics"][k] for r in records) / len(records)
+               for k in records[0]["metrics"]}
+    metric = task.metric if task.metric in metrics else "acc"  # commonsense_qa's letters: acc
+    loss = (sum(r["answer_nll"] for r in records) / sum(r["answer_tokens"] for r in records)
+            if "answer_nll" in records[0] else None)
     results = {"task": cfg.task, "config": name + (" (prepend)" if cfg.where == "prepend" else "")
-               + (f" + filler {cfg.filler!r}" if cfg.filler else ""),
-               "num_pauses": m_ft, "num_pauses_eval": m_inf, "where": cfg.where, "filler": cfg.filler,
-               "metric": "acc" if "label" in records[0] else task.metric, "value": value,
-               "answer_loss": answer_loss(records),
-               "num_examples": len(records), "seed": cfg.seed, "pause_frac": ckpt.get("pause_frac", 0.0),
-               "ckpt": cfg.ckpt, "train_examples": len(rows), "steps": cfg.max_steps,
-               "truncated_train": cut_train, "truncated_eval": cut_eval, "max_new_tokens": max_new,
-               "finetune_time_s": round(time.time() - t0, 1)}
-    for extra in ("em", "f1"):
-        if extra in records[0]:
-            results[extra] = 100.0 * sum(r[extra] for r in records) / len(records)
+               + (f" + filler {cfg.filler!r}" if cfg.filler else ""), "num_pauses": m_ft,
+               "num_pauses_eval": m_inf, "where": cfg.where, "filler": cfg.filler,
+               "metric": metric, "value": metrics[metric], "metrics": metrics,
+               "source": LETTERS if cfg.score_choices else task.source, "answer_loss": loss,
+               "num_examples": len(records), "whole_split": whole_split, "seed": cfg.seed,
+               "data_seed": cfg.data_seed, "pause_frac": pause_frac, "ckpt": cfg.ckpt,
+               "init_from": cfg.init_from, "train_examples": len(rows), "steps": cfg.max_steps,
+               "truncated_train": cut_train, "truncated_eval": sum(r["cut"] for r in records),
+               "max_new_tokens": max_new, "finetune_time_s": round(time.time() - t0, 1)}
     if master:
-        log.write(json.dumps({"eval": results}) + "\n")
-        log.close()
-        with open(os.path.join(cfg.out_dir, "predictions.jsonl"), "w") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-        write_json(results, os.path.join(cfg.out_dir, "results.json"))
-        if cfg.save:
-            save_checkpoint({"model": model.state_dict(), "model_config": asdict(model.config),
-                             "tokenizer": tok.name, "pause_id": tok.pause_id,
-                             "pause_frac": ckpt.get("pause_frac", 0.0), "finetune_config": asdict(cfg)},
-                            os.path.join(cfg.out_dir, "ckpt.pt"))
-        if cut_eval:
-            print(f"note: {cut_eval} of {len(records)} evaluation prompts were cut from the left to fit the context")
-    return model, ctx, results
+        write_results(cfg, results, records, raw_model, tok)
+    return raw_model, results
 
 
-# -----------------------------------------------------------------------------------------------
-# The four configurations, over several seeds, with the paper's ablations.
-
-def pretrain(cfg, pause_frac):
-    """A checkpoint pretrained on the built-in corpus by train.py (reused if already there)."""
-    out = os.path.join(cfg.out_dir, "pretrain_pause" if pause_frac > 0 else "pretrain_std")
-    path = os.path.join(out, "ckpt.pt")
-    if os.path.isfile(path):
-        ckpt = load_checkpoint(path, "cpu")[2]
-        if ckpt.get("pause_frac", 0.0) == pause_frac and (not cfg.pretrain_steps or ckpt["step"] >= cfg.pretrain_steps):
-            print(f"reusing {path} (pause_frac {pause_frac})")
-            return path
-    overrides = {"max_steps": cfg.pretrain_steps} if cfg.pretrain_steps else {}
-    t0 = time.time()
-    path = train(TrainConfig(out_dir=out, pause_frac=pause_frac, device=cfg.device, **overrides))
-    print(f"pretrained {path} (pause_frac {pause_frac}) in {time.time() - t0:.0f} s")
-    return path
-
-
-def summarize(runs):
-    """Group runs by configuration and evaluation setting: mean and std over seeds."""
-    groups = {}
-    for r in runs:
-        groups.setdefault((r["config"], r["num_pauses"], r["num_pauses_eval"]), []).append(r)
-    rows = []
-    for (config, m_ft, m_inf), group in groups.items():
-        values = [r["value"] for r in group]
-        row = {"config": config, "num_pauses": m_ft, "num_pauses_eval": m_inf, "values": values,
-               "mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
-        if group[0].get("answer_loss") is not None:
-            losses = [r["answer_loss"] for r in group]
-            row.update(loss_mean=statistics.mean(losses), loss_std=statistics.stdev(losses) if len(losses) > 1 else 0.0)
-        rows.append(row)
-    return rows
-
-
-def markdown_table(rows, task, metric):
-    has_loss = "loss_mean" in rows[0]
-    lines = [f"| configuration | M_ft | M_inf | {task} {metric} % (mean ± std) | per seed |"
-             + (" answer loss, nats/token |" if has_loss else ""),
-             "| --- | --- | --- | --- | --- |" + (" --- |" if has_loss else "")]
-    for r in rows:
-        lines.append(f"| {r['config']} | {r['num_pauses']} | {r['num_pauses_eval']} | {r['mean']:.1f} ± {r['std']:.1f} "
-                     f"| {', '.join(f'{v:.1f}' for v in r['values'])} |"
-                     + (f" {r['loss_mean']:.3f} ± {r['loss_std']:.3f} |" if has_loss else ""))
-    return "\n".join(lines)
-
-
-def compare(cfg, env=None):
-    """StdPT_StdFT, StdPT_PauseFT, PausePT_StdFT and PausePT_PauseFT on cfg.task over cfg.seeds seeds,
-    plus the ablations asked for. Returns {'rows', 'runs', 'table', ...}; writes out_dir/compare.json."""
-    if cfg.num_pauses < 1:
-        raise ValueError("--compare needs --num_pauses >= 1 (M_ft of the PauseFT configurations)")
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    t0 = time.time()
-    ckpts = {"StdPT": cfg.std_ckpt or pretrain(cfg, 0.0), "PausePT": cfg.pause_ckpt or pretrain(cfg, cfg.pretrain_pause_frac)}
-    data = (load_task(cfg.task, cfg.data, "train", cfg.n_train, seed=0),
-            load_task(cfg.task, cfg.eval_data or cfg.data, "test", cfg.n_eval, seed=0))
-    m = cfg.num_pauses
-    plan = [("StdPT", 0, "append"), ("StdPT", m, "append"), ("PausePT", 0, "append"), ("PausePT", m, "append")]
-    if cfg.where == "prepend":  # the paper's ablation: pauses before the prompt, beside the appended rows
-        plan += [("StdPT", m, "prepend"), ("PausePT", m, "prepend")]
-    runs = []
-    for s in range(cfg.seeds):
-        for pt, m_ft, where in plan:
-            run_cfg = replace(cfg, ckpt=ckpts[pt], num_pauses=m_ft, num_pauses_eval=-1, where=where, filler="",
-                              seed=cfg.seed + s, compare=False,
-                              out_dir=os.path.join(cfg.out_dir, f"{pt}_{'PauseFT' if m_ft else 'StdFT'}_{where}_seed{cfg.seed + s}"))
-            model, ctx, res = finetune(run_cfg, env, data, progress=False)
-            runs.append(res)
-            print(f"seed {cfg.seed + s}  {res['config']:28s} M_ft={m_ft:<3d} M_inf={m_ft:<3d} {res['metric']} {res['value']:.1f}"
-                  f"  answer loss {res['answer_loss'] or float('nan'):.3f}   ({time.time() - t0:.0f} s)")
-            task, max_new = get_task(cfg.task), res["max_new_tokens"]
-            extra = []  # evaluation-only ablations of this finetuned model
-            if cfg.minf_sweep and m_ft > 0 and where == "append":
-                extra += [(m_inf, None) for m_inf in sorted({0, m // 2, (3 * m) // 2, 2 * m})]
-            if cfg.filler_baseline and pt == "StdPT" and m_ft == 0:
-                extra.append((m, ctx.tok.encode(".")[0]))
-            for m_inf, filler_id in extra:
-                value, records, _ = evaluate(model, data[1], task, ctx, m_inf, where, filler_id, max_new,
-                                             cfg.eval_batch_size, progress=False,
-                                             generate=False if cfg.score_choices and "choices" in data[1][0] else None)
-                runs.append({**res, "num_pauses_eval": m_inf, "value": value, "answer_loss": answer_loss(records),
-                             "filler": "." if filler_id else "",
-                             "config": res["config"] + (" + filler '.'" if filler_id else "")})
-                print(f"seed {cfg.seed + s}  {runs[-1]['config']:28s} M_ft={m_ft:<3d} M_inf={m_inf:<3d} "
-                      f"{res['metric']} {value:.1f}")
-    # The paper's order (StdPT_StdFT, StdPT_PauseFT, PausePT_StdFT, PausePT_PauseFT), each ablation row
-    # after the model it evaluates, M_inf ascending.
-    first = {}
-    for r in runs:
-        first.setdefault(r["config"], len(first))
-    rows = sorted(summarize(runs), key=lambda r: (first[r["config"]], r["num_pauses_eval"]))
-    table = markdown_table(rows, cfg.task, runs[0]["metric"])
-    result = {"task": cfg.task, "seeds": cfg.seeds, "ckpts": ckpts, "rows": rows, "runs": runs, "table": table,
-              "wall_time_s": round(time.time() - t0, 1), "config": asdict(cfg)}
-    if env is None or env[0] == 0:
-        write_json(result, os.path.join(cfg.out_dir, "compare.json"))
-        print(table)
-        print(f"wall time {result['wall_time_s']:.0f} s; written to {os.path.join(cfg.out_dir, 'compare.json')}")
-    return result
+def write_results(cfg, results, records, model, tok):
+    """results.json, predictions.jsonl, the eval line of metrics.jsonl; ckpt.pt with --save."""
+    append_jsonl({"eval": results}, os.path.join(cfg.out_dir, "metrics.jsonl"))
+    atomic_write(os.path.join(cfg.out_dir, "predictions.jsonl"), lambda f: f.writelines(
+        json.dumps(json_safe(r), ensure_ascii=False) + "\n" for r in records), mode="w")
+    write_json(results, os.path.join(cfg.out_dir, "results.json"))
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    if cfg.save:
+        save_checkpoint({"model": model.state_dict(), "model_config": asdict(model.config),
+                         "tokenizer": tok.name, "pause_id": tok.pause_id,
+                         "pause_frac": results["pause_frac"], "finetune_config": asdict(cfg)},
+                        ckpt_path)
+    elif os.path.exists(ckpt_path):  # --overwrite: an earlier run's model is not this one's
+        os.remove(ckpt_path)
+        print(f"removed {ckpt_path}, the earlier run's (--overwrite without --save)")
+    r = results
+    subset = ("the whole split" if r["whole_split"] else "generated" if cfg.task in tasks.BUILTIN
+              else f"a random subset, --data_seed {cfg.data_seed}")
+    others = "".join(f", {k} {v:.1f}%" for k, v in r["metrics"].items() if k != r["metric"])
+    cut = f"; {r['truncated_eval']} of them cut from the left to fit" if r["truncated_eval"] else ""
+    print(f"{r['config']} on {cfg.task}: {r['metric']} {r['value']:.1f}%{others} on "
+          f"{r['num_examples']} examples ({subset}{cut}), scored as {r['source']}; written to "
+          f"{os.path.join(cfg.out_dir, 'results.json')}")
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in fields(FinetuneConfig):
-        if f.type is bool or f.type == "bool":
-            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default)
-        else:
-            kind = {"int": int, "float": float, "str": str}.get(f.type, f.type)
-            parser.add_argument(f"--{f.name}", type=kind, default=f.default)
-    cfg = FinetuneConfig(**vars(parser.parse_args(argv)))
-    if cfg.num_pauses < 0 or cfg.num_pauses_eval < -1:
-        parser.error("--num_pauses must be >= 0 and --num_pauses_eval >= 0 (or -1 for M_inf = M_ft)")
-    if cfg.where not in ("append", "prepend"):
-        parser.error(f"--where must be append or prepend, got {cfg.where!r}")
-    if cfg.seeds < 1 or cfg.batch_size < 1 or cfg.max_steps < 0:
-        parser.error("--seeds and --batch_size must be >= 1 and --max_steps >= 0")
-    if not cfg.compare and not cfg.ckpt:
-        parser.error("--ckpt is required (a train.py checkpoint), or use --compare")
-    return cfg
+    parser = config_parser(FinetuneConfig, __doc__, choices={
+        "task": [*tasks.TASKS, *tasks.BUILTIN], "where": ["append", "prepend"],
+        "dtype": ["auto", "float32", "bfloat16"]})
+    return FinetuneConfig(**vars(parser.parse_args(argv)))
 
 
 def main(argv=None):
     cfg = parse_args(argv)
-    get_task(cfg.task)  # an unknown task fails before any work
+    check_config(cfg)  # before any DDP process group is set up
     rank, _, world_size, device = setup_ddp(cfg.device)
     try:
-        if cfg.compare:
-            compare(cfg, (rank, world_size, device))
-        else:
-            results = finetune(cfg, (rank, world_size, device))[2]
-            if rank == 0:
-                print(json.dumps(results, indent=2))
+        finetune(cfg, (rank, world_size, device))
     finally:
         cleanup_ddp()
 
