@@ -1,20 +1,33 @@
 """
-The paper's comparison end to end, on a built-in task where pauses have work to do (issue 6):
-pretrain a standard (StdPT) and a pause (PausePT) model, finetune each with and without pauses, and
-evaluate the four configurations StdPT_StdFT, StdPT_PauseFT, PausePT_StdFT, PausePT_PauseFT over
-several seeds, beside a deeper standard model that spends at least as many FLOPs per answer.
+The paper's comparison end to end: pretrain a standard (StdPT) and a pause (PausePT) model,
+finetune each without and with M_ft pauses, and evaluate the four configurations StdPT_StdFT,
+StdPT_PauseFT, PausePT_StdFT and PausePT_PauseFT over several seeds, with the paper's ablations.
 
-    python experiment.py                                          # 5 seeds, ~15-30 min on 2 CPU cores
-    python experiment.py --minf_sweep --where prepend --filler_baseline   # plus the paper's ablations
-    python experiment.py --smoke                                  # seconds: checks the code path
+    python experiment.py --smoke                    # seconds: the whole path at tiny sizes
+    python experiment.py                            # the count task, 5 seeds: ~15 min, 2 CPU cores
+    python experiment.py --minf_sweep --where prepend --filler_baseline   # plus the ablations
+    python experiment.py --task world:chain         # train.py + finetune.py on the built-in world
+    python experiment.py --task squad --data data/ --std_ckpt STD/ckpt.pt --pause_ckpt PAUSE/ckpt.pt
 
-The task ("count", byte tokens): K digits, '?', a query letter (A..J = 0..9), answer "=c\\n":
+Two kinds of task, one table:
+- count (the default) is built so that pauses have work to do (below). It runs in this process,
+  seeds in parallel, because its pretraining needs documents whose targets sit behind pauses
+  (pmask), which train.py's loader does not make; its models train in seconds.
+- world:add|chain|story and the nine real tasks run the scripts a user runs at scale, as
+  subprocesses: train.py pretrains StdPT and PausePT on the built-in world (unless --std_ckpt and
+  --pause_ckpt are given), then every configuration is one finetune.py run whose results.json is
+  read back (an ablation's other M_inf or filler: finetune.py --max_steps 0 on the finetuned
+  model). Their defaults (10 pauses, 250 steps, 3 seeds) show with `--task world:chain --help`.
+Both print a markdown table (mean ± std over seeds, each seed, the answer loss) and Welch's t of
+PausePT_PauseFT against StdPT_StdFT, and write out_dir/compare.json, rewritten after every run.
+
+The count task (byte tokens): K digits, '?', a query letter (A..J = 0..9), answer "=c\\n":
     "305912?D=3\\n"   c = number of digits a with (a + q) mod 10 >= 5; q = 3 here, so 3, 5, 2 count
 Nothing about an item can be computed before the query is read, so a shallow model (2 layers) must
 find K items and test each of them *after* the query, at the few positions that follow it. M_ft >= K
 pauses give it K extra positions, one per item (width instead of depth).
 
-Pretraining mixes documents of this world (both models see the same problems):
+Its pretraining mixes documents of this world (both models see the same problems):
     echo    "305912?D" "305912\\n"        items copied after the query: slot j learns to find item j
     cot     "305912?D" "101001" "=3\\n"    per-item results written where pauses will sit later
     direct  "305912?D=3\\n"
@@ -25,66 +38,128 @@ and PausePT inserts M_pt = pause_frac * (block_size + 1) random pauses into ever
 """
 import argparse
 import copy
+import json
 import math
 import multiprocessing as mp
 import os
 import random
 import statistics
+import subprocess
+import sys
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 import pause
+from common import checkpoint_kind, config_parser, lr_at, read_checkpoint, write_json
 from data import get_tokenizer, world_split
 from model import GPT, GPTConfig
-from common import lr_at, write_json
+from tasks import BUILTIN, TASKS
 
 TOK = get_tokenizer("byte")
 EOT, PAUSE_ID, DOT = TOK.eot_id, TOK.pause_id, TOK.encode(".")[0]
 CONFIGS = ("StdPT_StdFT", "StdPT_PauseFT", "PausePT_StdFT", "PausePT_PauseFT")
+ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 @dataclass
 class ExperimentConfig:
-    # the task
-    K: int = 6                  # items per prompt (<= 9: the count is one digit)
-    M_ft: int = 6               # pauses for PauseFT and pause-inference (M_inf = M_ft unless swept)
-    where: str = "append"       # 'prepend': also finetune + evaluate the PauseFT rows with pauses first
-    # the model: a plain GPT, small enough that pauses have a job to do
-    n_layer: int = 2
-    n_embd: int = 64
-    n_head: int = 4
-    block_size: int = 24
-    # pretraining (both models: same steps, same problems; PausePT adds pauses)
-    pt_steps: int = 1500
-    lr: float = 1e-2
-    pause_frac: float = 0.1     # PausePT: M_pt = pause_frac * (block_size + 1) random pauses per row
-    p_echo: float = 0.3         # share of echo documents
-    p_cot: float = 0.5          # of the others: share of cot documents (the rest direct or filler)
-    p_filler: float = 0.25      # of the others: share of filler documents (PausePT; StdPT: direct)
-    p_pmask: float = 0.5        # of the cot documents: share shown as pmask (PausePT; StdPT: cot)
-    # finetuning
-    ft_steps: int = 300
-    ft_lr: float = 3e-3
-    batch_size: int = 64
-    warmup: int = 100           # at most a fifth of the steps
-    weight_decay: float = 0.1
-    # evaluation and ablations
-    n_eval: int = 1000
-    seeds: int = 5
-    seed: int = 0
-    minf_sweep: bool = False    # PausePT_PauseFT evaluated with M_inf = 0 .. 2 M_ft
-    filler_baseline: bool = False  # StdPT with M_ft '.' instead of pauses: at inference, and finetuned
-    eqflops: bool = True        # the deeper StdPT_StdFT with >= the FLOPs per answer of PausePT_PauseFT
-    device: str = "auto"        # auto: cuda if available, else cpu
-    workers: int = 0            # parallel processes; 0: one per CPU core (cpu) or 8 (cuda)
-    out_dir: str = "out_experiment"
-    smoke: bool = False         # tiny steps and evaluation: checks the whole path in seconds
+    # what to compare
+    task: str = "count"            # the designed count task, a built-in world task or a real one
+    num_pauses: int = 6            # M_ft of the PauseFT rows, and their M_inf (other tasks: 10)
+    pause_frac: float = 0.1        # PausePT: M_pt = pause_frac x sequence length random pauses
+    seeds: int = 5                 # seeds of finetuning (count: of pretraining too) (others: 3)
+    seed: int = 0                  # the first seed
+    # the paper's ablations
+    minf_sweep: bool = False       # PauseFT evaluated with M_inf = 0..2 M_ft (others: 5 values)
+    where: str = "append"          # prepend: also PauseFT rows with the pauses before the prompt
+    filler_baseline: bool = False  # StdPT_StdFT with M_ft '.' at inference (count: StdPT_FillerFT)
+    eqflops: bool = True           # count: a deeper StdPT_StdFT with the FLOPs of PausePT_PauseFT
+    # training and evaluation
+    pretrain_steps: int = 1500     # pretraining steps of both models (others: 250, train.py's)
+    finetune_steps: int = 300      # finetuning steps of every configuration (others: 250)
+    finetune_lr: float = 3e-3      # peak learning rate of finetuning (others: 1e-3)
+    batch_size: int = 64           # rows per step (count: pretraining too) (others: 32)
+    warmup_steps: int = 100        # linear warmup (count: at most 1/5 of the steps) (others: 30)
+    weight_decay: float = 0.1      # AdamW weight decay
+    n_eval: int = 1000             # test examples (others: -1, finetune.py's: all, or 200 made)
+    # other tasks: pretrained checkpoints and task files
+    std_ckpt: str = ""             # a finished StdPT train.py checkpoint; empty: pretrain one
+    pause_ckpt: str = ""           # a finished PausePT train.py checkpoint; empty: pretrain one
+    data: str = ""                 # real tasks: the directory or training file for finetune.py
+    eval_data: str = ""            # real tasks: the evaluation file, when --data names a file
+    n_train: int = -1              # finetuning examples; -1: all (built-in tasks: 4000 made)
+    # the count task only: its documents and its model
+    K: int = 6                     # items per prompt (<= 9: the count is one digit)
+    p_echo: float = 0.3            # share of echo documents
+    p_cot: float = 0.5             # of the others: share of cot documents (the rest direct/filler)
+    p_filler: float = 0.25         # of the others: share of filler documents (StdPT: direct)
+    p_pmask: float = 0.5           # of the cot documents: share shown as pmask (StdPT: cot)
+    pretrain_lr: float = 1e-2      # peak learning rate of pretraining
+    n_layer: int = 2               # a plain GPT small enough that pauses have a job to do
+    n_embd: int = 64               # width
+    n_head: int = 4                # attention heads
+    block_size: int = 24           # context
+    workers: int = 0               # parallel processes; 0: one per CPU core (cpu) or 8 (cuda)
+    # system
+    device: str = "auto"           # auto (cuda if available), cpu, cuda or cuda:N
+    out_dir: str = "out_experiment"  # compare.json, and for other tasks every run's directory
+    smoke: bool = False            # tiny steps and evaluation: checks the whole path in seconds
 
 
-# ----------------------------------------------------------------------------- the task (pure)
+# Tasks other than count finetune a pretrained model of 4 x 128 on longer answers: finetune.py's
+# own defaults. They replace the dataclass's before the command line is read.
+PRETRAINED_DEFAULTS = dict(num_pauses=10, seeds=3, pretrain_steps=250, finetune_steps=250,
+                           finetune_lr=1e-3, batch_size=32, warmup_steps=30, n_eval=-1)
+COUNT_ONLY = ("eqflops", "K", "p_echo", "p_cot", "p_filler", "p_pmask", "pretrain_lr", "n_layer",
+              "n_embd", "n_head", "block_size", "workers")
+OTHERS_ONLY = ("std_ckpt", "pause_ckpt", "data", "eval_data", "n_train")
+SMOKE = dict(pretrain_steps=20, finetune_steps=10, n_eval=50, batch_size=16)
+
+
+# -----------------------------------------------------------------------------------------------
+# What is finetuned and evaluated: one plan for both kinds of task
+
+def plan(cfg, pt):
+    """What is finetuned from one pretrained model ('StdPT', 'PausePT' or 'deeper'), and how each
+    finetuned model is evaluated: [(M_ft, where, filler of finetuning, [(M_inf, filler)...])...].
+    A filler ('.') takes the place of the pauses: the baseline that asks whether the pause token
+    itself matters or only the extra positions."""
+    m, count = cfg.num_pauses, cfg.task == "count"
+    if pt == "deeper":
+        return [(0, "append", "", [(0, "")])]
+    # each M_inf costs one forward pass on count, a decoding of the test set on the others
+    sweep = range(2 * m + 1) if count else sorted({0, m // 2, m, 3 * m // 2, 2 * m})
+    pause_evals = [(mi, "") for mi in sweep] if cfg.minf_sweep else [(m, "")]
+    std_evals = [(0, "")] + ([(m, ".")] if cfg.filler_baseline and pt == "StdPT" else [])
+    runs = [(0, "append", "", std_evals), (m, "append", "", pause_evals)]
+    if cfg.where == "prepend":
+        runs.append((m, "prepend", "", [(m, "")]))
+    if cfg.filler_baseline and pt == "StdPT" and count:  # finetune.py's --filler is inference only
+        runs.append((m, "append", ".", [(m, ".")]))
+    return runs
+
+
+def config_name(pt, m_ft, where, filler_ft, filler, n_layer=0):
+    if pt == "deeper":
+        return f"StdPT_StdFT, {n_layer} layers (equal FLOPs)"
+    name = f"{pt}_{'FillerFT' if filler_ft else 'PauseFT' if m_ft else 'StdFT'}"
+    return (name + (" (prepend)" if where == "prepend" else "")
+            + (f" + filler '{filler}'" if filler and not filler_ft else ""))
+
+
+def result_row(pt, seed, m_ft, m_inf, where, filler_ft, filler, value, loss, **extra):
+    """One evaluation of one seed; value in %, answer loss in nats per answer token."""
+    name = config_name(pt, m_ft, where, filler_ft, filler, extra.get("n_layer", 0))
+    return dict(config=name, pt="StdPT" if pt == "deeper" else pt, seed=seed, M_ft=m_ft,
+                M_inf=m_inf, where=where, filler=filler, value=value, answer_loss=loss, **extra)
+
+
+# -----------------------------------------------------------------------------------------------
+# The count task (pure)
 
 def count_problem(rng, K):
     """K random digits and a query q (0..9); rng is a random.Random."""
@@ -145,23 +220,25 @@ def document_kind(rng, cfg, pause_pt):
 
 def pretrain_batch(rng, cfg, pause_pt, gen):
     """(x, y) of shape (batch_size, block_size): documents packed into rows; PausePT rows also get
-    the paper's random pauses, through pause.insert_pauses, in every row."""
-    T = cfg.block_size
+    the paper's random pauses, through pause.insert_pauses, in every row. This is the piece that
+    train.py's loader lacks: labels that differ from the inputs (pmask)."""
+    T, B = cfg.block_size, cfg.batch_size
     inputs, labels = [], []
-    for _ in range(cfg.batch_size):
+    for _ in range(B):
         row, lab = [], []
         while len(row) < T + 1:
-            kind = document_kind(rng, cfg, pause_pt)
+            kind = document_kind(rng, cfg, pause_pt)  # drawn before the problem, from one rng
             i, l = document(*draw(rng, cfg.K, "train"), kind)
             row, lab = row + i, lab + l
         inputs.append(row[:T + 1])
         labels.append(lab[:T + 1])
     inputs, labels = torch.tensor(inputs), torch.tensor(labels)
     if pause_pt and cfg.pause_frac > 0:
-        # Insert the pauses into the positions 0..T (with T + 1 marking a pause) and move inputs and
-        # labels along the same way: a pmask document keeps its hidden targets wherever it lands.
+        # Insert the pauses into the positions 0..T (with T + 1 marking a pause) and move inputs
+        # and labels along the same way: a pmask document keeps its hidden targets wherever it
+        # lands.
         m_pt = pause.num_pretrain_pauses(cfg.pause_frac, T + 1)
-        slots = pause.insert_pauses(torch.arange(T + 1).expand(cfg.batch_size, -1), m_pt, T + 1, generator=gen)
+        slots = pause.insert_pauses(torch.arange(T + 1).expand(B, -1), m_pt, T + 1, generator=gen)
         is_pause, src = slots == T + 1, slots.clamp(max=T)
         inputs = inputs.gather(1, src).masked_fill(is_pause, PAUSE_ID)
         labels = labels.gather(1, src).masked_fill(is_pause, PAUSE_ID)
@@ -182,7 +259,8 @@ def problems(rng, K, n, split):
     return [render(*draw(rng, K, split))[::2] for _ in range(n)]
 
 
-# ----------------------------------------------------------------------------- training
+# -----------------------------------------------------------------------------------------------
+# The count task: training and evaluation in this process
 
 def make_model(cfg, n_layer, seed, device):
     torch.manual_seed(seed)  # StdPT and PausePT of one seed start from the same weights
@@ -191,56 +269,65 @@ def make_model(cfg, n_layer, seed, device):
 
 
 def train_steps(model, cfg, steps, lr, next_batch):
-    """AdamW with linear warmup and cosine decay to 0 (train.lr_at); returns the last loss."""
+    """AdamW with linear warmup and cosine decay to 0 (common.lr_at), as train.py and
+    finetune.py step, on batches that next_batch() makes."""
     device = model.device
     opt = model.configure_optimizers(cfg.weight_decay, lr, device_type=device.type)
-    warmup, loss = min(cfg.warmup, steps // 5), float("nan")
+    warmup = min(cfg.warmup_steps, steps // 5)  # short smoke runs still reach the peak
     model.train()
     for step in range(steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, lr, warmup, 0.0)
         x, y = next_batch()
+        # the model's loss skips IGNORE targets: pauses (PausePT) and prompts (finetuning)
         _, loss = model(x.to(device), y.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        # clipped at 1.0 as train.py's default: the 1e-2 peak rate of these tiny models spikes
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-    return float(loss.detach()) if steps else float("nan")
 
 
-def pretrain(cfg, pause_pt, seed, device, n_layer=None):
-    model = make_model(cfg, n_layer or cfg.n_layer, seed, device)
+def pretrain(cfg, pause_pt, seed, device, n_layer):
+    model = make_model(cfg, n_layer, seed, device)
     rng, gen = random.Random(f"pretrain/{seed}"), torch.Generator().manual_seed(seed)
-    train_steps(model, cfg, cfg.pt_steps, cfg.lr, lambda: pretrain_batch(rng, cfg, pause_pt, gen))
+    train_steps(model, cfg, cfg.pretrain_steps, cfg.pretrain_lr,
+                lambda: pretrain_batch(rng, cfg, pause_pt, gen))
     return model
 
 
 def finetune(base, cfg, M, seed, where="append", filler_id=PAUSE_ID):
-    """A copy of `base` finetuned with M_ft = M; every configuration of a seed sees the same problems."""
+    """A copy of `base` finetuned with M_ft = M; every configuration of a seed sees the same
+    problems in the same order."""
     model, rng = copy.deepcopy(base), random.Random(f"finetune/{seed}")
-    train_steps(model, cfg, cfg.ft_steps, cfg.ft_lr,
-                lambda: finetune_rows(problems(rng, cfg.K, cfg.batch_size, "train"), M, where, filler_id))
+    train_steps(model, cfg, cfg.finetune_steps, cfg.finetune_lr,
+                lambda: finetune_rows(problems(rng, cfg.K, cfg.batch_size, "train"), M, where,
+                                      filler_id))
     return model
 
 
 @torch.no_grad()
 def accuracy(model, test, M, where="append", filler_id=PAUSE_ID):
-    """Exact match of the whole answer "=c\\n" after M_inf = M pauses, teacher-forced in one pass
-    with the pause and padding ids banned (as pause.pause_generate does). An answer is all right
-    under greedy decoding exactly when every teacher-forced argmax is right."""
+    """(exact match of the whole answer "=c\\n" in %, answer loss in nats per token) after
+    M_inf = M pauses, teacher-forced in one pass with the pause and padding ids banned, as
+    pause.pause_generate does. An answer is right under greedy decoding exactly when every
+    teacher-forced argmax is right."""
     model.eval()
     x, y = finetune_rows(test, M, where, filler_id)
     logits, _ = model(x.to(model.device))
     logits[..., PAUSE_ID] = float("-inf")
     logits[..., TOK.vocab_size:] = float("-inf")
-    ok = (logits.argmax(-1).cpu() == y) | (y == pause.IGNORE)
-    return ok.all(1).float().mean().item()
+    logits = logits.cpu()
+    ok = (logits.argmax(-1) == y) | (y == pause.IGNORE)
+    # the answer loss under the same banned ids, as finetune.py reports it for the other tasks
+    loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=pause.IGNORE)
+    return 100.0 * ok.all(1).float().mean().item(), loss.item()
 
 
 def flops_per_answer(model_config, K, M):
     """Forward FLOPs of one pass over prompt + M pauses + "=c" (the work of KV-cached decoding of
-    the answer): 2 per parameter and token for the matmuls (output layer included), plus attention's
-    QK^T and AV, 4 * n_embd * t at position t of every layer."""
+    the answer): 2 per parameter and token for the matmuls (output layer included), plus
+    attention's QK^T and AV, 4 * n_embd * t at position t of every layer."""
     c, T = model_config, (K + 2) + M + 2
     with torch.random.fork_rng(devices=[]):  # counting parameters leaves the random state alone
         n = GPT(c).num_params()
@@ -252,53 +339,193 @@ def deeper_n_layer(cfg):
     answer of the base model with M_ft pauses: the same extra compute, as depth."""
     base = GPTConfig(block_size=cfg.block_size, vocab_size=TOK.vocab_size, n_layer=cfg.n_layer,
                      n_head=cfg.n_head, n_embd=cfg.n_embd)
-    target, n = flops_per_answer(base, cfg.K, cfg.M_ft), cfg.n_layer
+    target, n = flops_per_answer(base, cfg.K, cfg.num_pauses), cfg.n_layer
     while flops_per_answer(replace(base, n_layer=n), cfg.K, 0) < target:
         n += 1
     return n
 
 
-# ----------------------------------------------------------------------------- one job
-
-def run_job(args):
-    """One pretrained model of one seed and everything finetuned from it: kind 'StdPT', 'PausePT' or
-    'deeper'. Returns a list of result rows."""
-    cfg, kind, seed = args
+def count_job(args):
+    """One pretrained model of one seed ('StdPT', 'PausePT' or 'deeper') and everything
+    finetuned from it; returns its result rows."""
+    cfg, pt, seed = args
     torch.set_num_threads(1)  # tiny matmuls: processes in parallel beat threads
-    device = torch.device(cfg.device)
-    t0, M = time.time(), cfg.M_ft
+    t0, device = time.time(), torch.device(cfg.device)
     test = problems(random.Random("test"), cfg.K, cfg.n_eval, "test")
-    n_layer = deeper_n_layer(cfg) if kind == "deeper" else cfg.n_layer
-    base = pretrain(cfg, kind == "PausePT", seed, device, n_layer)
-    pt = "PausePT" if kind == "PausePT" else "StdPT"
+    n_layer = deeper_n_layer(cfg) if pt == "deeper" else cfg.n_layer
+    base = pretrain(cfg, pt == "PausePT", seed, device, n_layer)
     rows = []
-
-    def add(name, model, m_ft, m_inf, where="append", filler="", filler_id=PAUSE_ID):
-        rows.append(dict(name=name, seed=seed, n_layer=n_layer, M_ft=m_ft, M_inf=m_inf, where=where,
-                         filler=filler, acc=accuracy(model, test, m_inf, where, filler_id),
-                         flops=flops_per_answer(model.config, cfg.K, m_inf)))
-
-    if kind == "deeper":
-        add(f"StdPT_StdFT, {n_layer} layers (equal FLOPs)", finetune(base, cfg, 0, seed), 0, 0)
-        return [dict(r, job_s=round(time.time() - t0, 1)) for r in rows]
-    std_ft = finetune(base, cfg, 0, seed)
-    add(f"{pt}_StdFT", std_ft, 0, 0)
-    pause_ft = finetune(base, cfg, M, seed)
-    add(f"{pt}_PauseFT", pause_ft, M, M)
-    if cfg.minf_sweep and pt == "PausePT":
-        for m_inf in range(2 * M + 1):
-            if m_inf != M:
-                add(f"{pt}_PauseFT, M_inf sweep", pause_ft, M, m_inf)
-    if cfg.where == "prepend":
-        add(f"{pt}_PauseFT, prepended", finetune(base, cfg, M, seed, "prepend"), M, M, "prepend")
-    if cfg.filler_baseline and pt == "StdPT":
-        add("StdPT_StdFT, '.' x M_ft at inference", std_ft, 0, M, filler=".", filler_id=DOT)
-        add("StdPT_FillerFT ('.' instead of pauses)", finetune(base, cfg, M, seed, filler_id=DOT), M, M,
-            filler=".", filler_id=DOT)
+    for m_ft, where, filler_ft, evals in plan(cfg, pt):
+        model = finetune(base, cfg, m_ft, seed, where, DOT if filler_ft else PAUSE_ID)
+        for m_inf, filler in evals:  # an evaluation is one forward pass: no refinetuning
+            value, loss = accuracy(model, test, m_inf, where, DOT if filler else PAUSE_ID)
+            flops = flops_per_answer(model.config, cfg.K, m_inf)
+            rows.append(result_row(pt, seed, m_ft, m_inf, where, filler_ft, filler, value, loss,
+                                   n_layer=n_layer, flops=flops))
     return [dict(r, job_s=round(time.time() - t0, 1)) for r in rows]
 
 
-# ----------------------------------------------------------------------------- statistics and report
+def run_count(cfg, t0):
+    """Every (seed, pretrained model) as one job, in parallel processes."""
+    cfg = replace(cfg, device="cuda" if cfg.device == "auto" and torch.cuda.is_available()
+                  else "cpu" if cfg.device == "auto" else cfg.device)
+    # seed by seed, so that a run cut short still holds whole seeds; the longest job of each first
+    kinds = (["deeper"] if cfg.eqflops else []) + ["PausePT", "StdPT"]
+    jobs = [(cfg, kind, cfg.seed + s) for s in range(cfg.seeds) for kind in kinds]
+    workers = cfg.workers or (8 if cfg.device.startswith("cuda") else os.cpu_count() or 1)
+    workers = min(workers, len(jobs))
+    device = torch.cuda.get_device_name(0) if cfg.device.startswith("cuda") else "cpu"
+    extra = dict(metric="exact", device=device, workers=workers,
+                 deeper_n_layer=deeper_n_layer(cfg) if cfg.eqflops else None)
+    print(f"{len(jobs)} jobs ({cfg.seeds} seeds x {kinds}) on {device} with {workers} process(es)")
+    pool = mp.get_context("spawn").Pool(workers) if workers > 1 else None
+    runs = []
+    try:
+        results = pool.imap_unordered(count_job, jobs) if pool else map(count_job, jobs)
+        for job_rows in tqdm(results, total=len(jobs), desc="jobs"):
+            runs += job_rows
+            result = save(cfg, runs, t0, extra)  # after every job: a cut-off run keeps its seeds
+    finally:
+        if pool:
+            pool.close()
+            pool.join()
+    return result
+
+
+# -----------------------------------------------------------------------------------------------
+# Other tasks: train.py and finetune.py as subprocesses. A pretrained checkpoint is used only when
+# its run is finished and it is of the kind its flag says.
+
+def planned_steps(ckpt):
+    """The length of the schedule of the train.py run that wrote ckpt: --max_steps, or
+    --max_tokens over the tokens of one step. (--stop_after ends a run early, not the plan.)"""
+    run = ckpt["config"]
+    if run.get("max_tokens"):
+        return math.ceil(run["max_tokens"] / (ckpt["tokens_seen"] / ckpt["step"]))
+    return run["max_steps"]
+
+
+def check_pretrained(path, pt, flag):
+    """Exits naming the file and what was found, unless path is a finished train.py checkpoint
+    of kind pt ('StdPT': pause_frac 0, 'PausePT': > 0)."""
+    ckpt = read_checkpoint(path)  # a file that is no checkpoint of this project is named there
+    if checkpoint_kind(ckpt) != "pretraining":
+        raise SystemExit(f"{flag} {path}: a {checkpoint_kind(ckpt)} checkpoint; expected a "
+                         "pretraining one written by train.py")
+    frac = ckpt["pause_frac"]
+    if (frac > 0) != (pt == "PausePT"):
+        found = "PausePT" if frac > 0 else "StdPT"
+        raise SystemExit(f"{flag} {path}: pause_frac {frac}, a {found} checkpoint; {flag} needs "
+                         f"a {pt} one (pause_frac {'> 0' if pt == 'PausePT' else '0'})")
+    if ckpt["step"] < planned_steps(ckpt):
+        raise SystemExit(f"{flag} {path}: pretraining stopped at step {ckpt['step']} of "
+                         f"{planned_steps(ckpt)}; finish it with `python train.py --resume` and "
+                         "the flags of that run, or pass another checkpoint")
+
+
+def settings(pause_frac, data, max_steps):
+    return f"pause_frac {pause_frac}, data {data or 'built-in'}, max_steps {max_steps}"
+
+
+def pretraining_plan(cfg):
+    """{'StdPT'|'PausePT': (checkpoint path, train.py arguments, or None when it is ready)}. All
+    checked before any work: a given checkpoint must be finished and of its kind; the driver's own
+    (out_dir/pretrain_std|pause) is reused when finished, resumed when cut short, and refused when
+    it was made with other settings."""
+    out = {}
+    for pt, flag, frac in (("StdPT", "--std_ckpt", 0.0), ("PausePT", "--pause_ckpt",
+                                                           cfg.pause_frac)):
+        given = getattr(cfg, flag[2:])
+        if given:
+            check_pretrained(given, pt, flag)
+            out[pt] = (given, None)
+            continue
+        run_dir = os.path.join(cfg.out_dir, "pretrain_pause" if frac else "pretrain_std")
+        path = os.path.join(run_dir, "ckpt.pt")
+        args = ["--out_dir", run_dir, "--pause_frac", str(frac),
+                "--max_steps", str(cfg.pretrain_steps), "--device", cfg.device]
+        if os.path.exists(path):
+            ckpt = read_checkpoint(path)
+            kind = checkpoint_kind(ckpt)
+            made = f"a {kind} checkpoint" if kind != "pretraining" else settings(
+                ckpt["pause_frac"], ckpt["config"]["data"], planned_steps(ckpt))
+            want = settings(frac, "", cfg.pretrain_steps)
+            if made != want:
+                raise SystemExit(f"{path} holds another run ({made}); this one needs {want}. "
+                                 f"Use another --out_dir, or delete {run_dir}")
+            if ckpt["step"] >= cfg.pretrain_steps:
+                print(f"reusing {path} ({pt}, finished at step {ckpt['step']})")
+                args = None
+            else:
+                print(f"resuming {path} ({pt}, stopped at step {ckpt['step']})")
+                args.append("--resume")
+        out[pt] = (path, args)
+    return out
+
+
+def run_script(script, args, quiet):
+    """`python script args` from this repository; quiet: its output is kept and shown only when
+    it fails. Exits with the command and its last lines when it fails."""
+    cmd = [sys.executable, os.path.join(ROOT, script), *args]
+    proc = subprocess.run(cmd, capture_output=quiet, text=True)
+    if proc.returncode:
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:]) if quiet else ""
+        raise SystemExit(f"{' '.join(cmd)}\nfailed with exit code {proc.returncode}\n{tail}")
+
+
+def finetune_run(cfg, ckpt, seed, m_ft, m_inf, where, filler, run_dir, steps, save):
+    """One finetune.py run: finetune ckpt for `steps` steps with M_ft pauses (0 steps: evaluate
+    it as it is), evaluate with M_inf; returns its results.json. save: keep the model."""
+    args = ["--ckpt", ckpt, "--task", cfg.task, "--num_pauses", m_ft, "--num_pauses_eval", m_inf,
+            "--where", where, "--seed", seed, "--max_steps", steps,
+            "--batch_size", cfg.batch_size, "--lr", cfg.finetune_lr,
+            "--warmup_steps", cfg.warmup_steps, "--weight_decay", cfg.weight_decay,
+            "--n_train", cfg.n_train, "--n_eval", cfg.n_eval, "--device", cfg.device,
+            "--out_dir", run_dir, "--overwrite"]  # the driver's own directory: rerun, replaced
+    for flag, value in (("--filler", filler), ("--data", cfg.data), ("--eval_data", cfg.eval_data)):
+        args += [flag, value] if value else []
+    run_script("finetune.py", [str(a) for a in args + (["--save"] if save else [])], quiet=True)
+    with open(os.path.join(run_dir, "results.json")) as f:
+        return json.load(f)
+
+
+def run_pretrained(cfg, pretraining, t0):
+    """Pretrain StdPT and PausePT where pretraining_plan says so, then finetune.py runs as the
+    plan says."""
+    ckpts = {}
+    for pt, (path, args) in pretraining.items():
+        if args:
+            print(f"pretraining {pt}: python train.py {' '.join(args)}")
+            run_script("train.py", args, quiet=False)
+        ckpts[pt] = path
+    # seed by seed, so that compare.json of a run cut short holds whole seeds
+    to_run = [(seed, pt, m_ft, where, evals)
+              for seed in range(cfg.seed, cfg.seed + cfg.seeds) for pt in ("StdPT", "PausePT")
+              for m_ft, where, _, evals in plan(cfg, pt)]
+    runs, extra = [], dict(ckpts=ckpts)
+    for seed, pt, m_ft, where, evals in to_run:
+        # The first evaluation finetunes, and keeps the model when more evaluations follow;
+        # those evaluate that same model as it is (finetune.py --max_steps 0).
+        ckpt, steps = ckpts[pt], cfg.finetune_steps
+        for m_inf, filler in evals:
+            run_dir = os.path.join(cfg.out_dir, f"{pt}_{'PauseFT' if m_ft else 'StdFT'}_{where}"
+                                   f"_Minf{m_inf}{'_filler' if filler else ''}_seed{seed}")
+            res = finetune_run(cfg, ckpt, seed, m_ft, m_inf, where, filler, run_dir, steps,
+                               save=steps > 0 and len(evals) > 1)
+            if steps:
+                ckpt, steps = os.path.join(run_dir, "ckpt.pt"), 0
+            runs.append(result_row(pt, seed, m_ft, m_inf, where, "", filler, res["value"],
+                                   res["answer_loss"], run_dir=run_dir))
+            extra["metric"], loss = res["metric"], res["answer_loss"]
+            print(f"seed {seed}  {runs[-1]['config']:28s} M_ft={m_ft:<3d} M_inf={m_inf:<3d} "
+                  f"{res['metric']} {res['value']:5.1f}  answer loss "
+                  f"{'n/a' if loss is None else f'{loss:.3f}'}  ({time.time() - t0:.0f} s)")
+            result = save(cfg, runs, t0, extra)
+    return result
+
+
+# -----------------------------------------------------------------------------------------------
+# Statistics and the report
 
 def welch(a, b):
     """Welch's t for mean(a) - mean(b), with its Welch-Satterthwaite degrees of freedom."""
@@ -310,110 +537,159 @@ def welch(a, b):
     return t, (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
 
 
-def summarize(rows):
-    """One line per (name, M_inf): accuracies over seeds, in the paper's order, then the ablations."""
+def mean_std(values):
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def row_order(r):
+    """The paper's four configurations first, then the ablations, each by pretrained model."""
+    ablation = r["config"] not in CONFIGS or r["M_inf"] != r["M_ft"]
+    return (ablation, "equal FLOPs" in r["config"], r["pt"] != "StdPT", r["M_ft"] > 0,
+            r["where"], r["filler"], r["config"], r["M_inf"])
+
+
+def summarize(runs):
+    """One line per (configuration, M_inf): the values over seeds, their mean and spread."""
     groups = {}
-    for r in sorted(rows, key=lambda r: r["seed"]):
-        groups.setdefault((r["name"], r["M_inf"]), []).append(r)
-    order = {name: i for i, name in enumerate(CONFIGS)}
+    for r in sorted(runs, key=lambda r: (row_order(r), r["seed"])):
+        groups.setdefault((r["config"], r["M_inf"]), []).append(r)
     lines = []
-    for (name, m_inf), g in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 9), kv[0][0], kv[0][1])):
-        accs = [r["acc"] for r in g]
-        lines.append(dict(name=name, n_layer=g[0]["n_layer"], M_ft=g[0]["M_ft"], M_inf=m_inf, flops=g[0]["flops"],
-                          seeds=[r["seed"] for r in g], acc=accs, mean=statistics.mean(accs),
-                          std=statistics.stdev(accs) if len(accs) > 1 else 0.0))
+    for g in groups.values():
+        values, losses = [r["value"] for r in g], [r["answer_loss"] for r in g]
+        line = dict(config=g[0]["config"], M_ft=g[0]["M_ft"], M_inf=g[0]["M_inf"],
+                    seeds=[r["seed"] for r in g], values=values)
+        line["mean"], line["std"] = mean_std(values)
+        if None not in losses:  # multiple-choice tasks have no answer loss
+            line["loss_mean"], line["loss_std"] = mean_std(losses)
+        if "flops" in g[0]:
+            line.update(n_layer=g[0]["n_layer"], flops=g[0]["flops"])
+        lines.append(line)
     return lines
 
 
-def markdown(lines):
-    out = ["| configuration | layers | M_ft | M_inf | MFLOPs / answer | accuracy % (mean ± std) | per seed |",
-           "| --- | --- | --- | --- | --- | --- | --- |"]
+def markdown(lines, task, metric):
+    has_loss, has_flops = "loss_mean" in lines[0], "flops" in lines[0]
+    out = [f"| configuration | M_ft | M_inf | {task} {metric} % (mean ± std) | per seed |"
+           + (" answer loss, nats/token |" if has_loss else "")
+           + (" MFLOPs / answer |" if has_flops else ""),
+           "| --- | --- | --- | --- | --- |" + " --- |" * (has_loss + has_flops)]
     for s in lines:
-        out.append(f"| {s['name']} | {s['n_layer']} | {s['M_ft']} | {s['M_inf']} | {s['flops'] / 1e6:.2f} | "
-                   f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f} | {', '.join(f'{100 * a:.1f}' for a in s['acc'])} |")
+        out.append(f"| {s['config']} | {s['M_ft']} | {s['M_inf']} | {s['mean']:.1f} ± "
+                   f"{s['std']:.1f} | {', '.join(f'{v:.1f}' for v in s['values'])} |"
+                   + (f" {s['loss_mean']:.3f} ± {s['loss_std']:.3f} |" if has_loss else "")
+                   + (f" {s['flops'] / 1e6:.2f} |" if has_flops else ""))
     return "\n".join(out)
 
 
-def minf_chart(lines, M_ft):
-    """A text chart of PausePT_PauseFT accuracy against M_inf."""
-    pts = sorted((s["M_inf"], s["mean"]) for s in lines if s["name"].startswith("PausePT_PauseFT")
-                 and "prepend" not in s["name"])
-    return "\n".join(f"M_inf {m:2d} |{'#' * round(40 * a):40s}| {100 * a:5.1f}%{'  (= M_ft)' if m == M_ft else ''}"
-                     for m, a in pts)
+def significance(lines, m):
+    """Welch's t of PausePT_PauseFT against StdPT_StdFT and, on count, against the deeper model
+    of equal FLOPs; only where both have two seeds or more."""
+    pick = {(s["config"], s["M_inf"]): s for s in lines}
+    a = pick.get(("PausePT_PauseFT", m))
+    others = [pick.get(("StdPT_StdFT", 0))] + [s for s in lines if "equal FLOPs" in s["config"]]
+    out = []
+    for b in others:
+        if a is None or b is None or min(len(a["values"]), len(b["values"])) < 2:
+            continue
+        t, dof = welch(a["values"], b["values"])
+        diff, pooled = a["mean"] - b["mean"], math.sqrt((a["std"] ** 2 + b["std"] ** 2) / 2)
+        in_std = diff / pooled if pooled else (math.copysign(math.inf, diff) if diff else 0.0)
+        out.append(dict(a=a["config"], b=b["config"], diff=diff, welch_t=t, dof=dof,
+                        diff_in_std=in_std))
+    return out
 
 
-def significance(lines, a="PausePT_PauseFT", b="StdPT_StdFT"):
-    pick = {s["name"]: s for s in lines}
-    if a not in pick or b not in pick or min(len(pick[a]["acc"]), len(pick[b]["acc"])) < 2:
-        return None  # Welch's t needs two seeds of each
-    t, dof = welch(pick[a]["acc"], pick[b]["acc"])
-    diff = pick[a]["mean"] - pick[b]["mean"]
-    pooled = math.sqrt((pick[a]["std"] ** 2 + pick[b]["std"] ** 2) / 2)
-    in_std = diff / pooled if pooled else (math.copysign(math.inf, diff) if diff else 0.0)
-    return dict(a=a, b=b, diff=diff, welch_t=t, dof=dof, diff_in_std=in_std)
+def save(cfg, runs, t0, extra):
+    """compare.json as it stands, written atomically."""
+    lines = summarize(runs)
+    result = dict(task=cfg.task, config=asdict(cfg), rows=lines, runs=runs,
+                  table=markdown(lines, cfg.task, extra["metric"]),
+                  significance=significance(lines, cfg.num_pauses), torch=torch.__version__,
+                  wall_s=round(time.time() - t0, 1), **extra)
+    write_json(result, os.path.join(cfg.out_dir, "compare.json"))
+    return result
 
+
+def minf_chart(lines, name, m_ft):
+    """A text chart of one configuration's value against M_inf."""
+    pts = sorted((s["M_inf"], s["mean"]) for s in lines if s["config"] == name)
+    return "\n".join(f"M_inf {m:2d} |{'#' * round(0.4 * v):40s}| {v:5.1f}%"
+                     + ("  (= M_ft)" if m == m_ft else "") for m, v in pts)
 
 
 def experiment(cfg):
     if cfg.smoke:
-        cfg = replace(cfg, pt_steps=20, ft_steps=10, n_eval=50, batch_size=16, seeds=min(cfg.seeds, 2))
-    if cfg.device == "auto":
-        cfg = replace(cfg, device="cuda" if torch.cuda.is_available() else "cpu")
-    # seed by seed, so that a run cut short still holds whole seeds; the longest job of each first
-    kinds = (["deeper"] if cfg.eqflops else []) + ["PausePT", "StdPT"]
-    jobs = [(cfg, kind, cfg.seed + s) for s in range(cfg.seeds) for kind in kinds]
-    workers = cfg.workers or (8 if cfg.device.startswith("cuda") else os.cpu_count() or 1)
-    workers = min(workers, len(jobs))
+        cfg = replace(cfg, seeds=min(cfg.seeds, 2), **SMOKE)
+    # every check before any work, the pretrained checkpoints of the other tasks included
+    pretraining = None if cfg.task == "count" else pretraining_plan(cfg)
+    if os.path.exists(os.path.join(cfg.out_dir, "compare.json")):
+        print(f"note: {cfg.out_dir} holds an earlier experiment; its compare.json"
+              + (" is" if cfg.task == "count" else " and finetuning runs are") + " replaced")
     os.makedirs(cfg.out_dir, exist_ok=True)
-    path, t0, rows = os.path.join(cfg.out_dir, "experiment.json"), time.time(), []
-    print(f"{len(jobs)} jobs ({cfg.seeds} seeds x {kinds}) on {cfg.device} with {workers} process(es)")
-    pool = mp.get_context("spawn").Pool(workers) if workers > 1 else None
-    try:
-        results = pool.imap_unordered(run_job, jobs) if pool else map(run_job, jobs)
-        for job_rows in tqdm(results, total=len(jobs), desc="jobs"):
-            rows += job_rows
-            lines = summarize(rows)  # rewritten after every job: a cut-off run keeps what it has
-            result = dict(config=asdict(cfg), lines=lines, rows=rows, significance=significance(lines),
-                          deeper_n_layer=deeper_n_layer(cfg) if cfg.eqflops else None,
-                          device=torch.cuda.get_device_name(0) if cfg.device.startswith("cuda") else "cpu",
-                          workers=workers, torch=torch.__version__, wall_s=round(time.time() - t0, 1))
-            write_json(result, path)
-    finally:
-        if pool:
-            pool.close()
-            pool.join()
-    print(markdown(result["lines"]))
-    sig = result["significance"]
-    if sig:
-        print(f"\n{sig['a']} - {sig['b']}: {100 * sig['diff']:+.1f} points, Welch t = {sig['welch_t']:.2f} "
-              f"(dof {sig['dof']:.1f}), difference / pooled std = {sig['diff_in_std']:.2f}")
+    t0 = time.time()
+    result = run_count(cfg, t0) if pretraining is None else run_pretrained(cfg, pretraining, t0)
+    print(result["table"])
+    for s in result["significance"]:
+        print(f"\n{s['a']} - {s['b']}: {s['diff']:+.1f} points, Welch t = {s['welch_t']:.2f} "
+              f"(dof {s['dof']:.1f}), difference / pooled std = {s['diff_in_std']:.2f}")
     if cfg.minf_sweep:
-        print("\nPausePT_PauseFT accuracy against M_inf:\n" + minf_chart(result["lines"], cfg.M_ft))
-    print(f"\nwall time {result['wall_s']:.0f} s on {result['device']} ({workers} processes); written to {path}")
+        print(f"\nPausePT_PauseFT {result['metric']} % against M_inf:\n"
+              + minf_chart(result["rows"], "PausePT_PauseFT", cfg.num_pauses))
+    print(f"\nwall time {result['wall_s']:.0f} s; written to "
+          f"{os.path.join(cfg.out_dir, 'compare.json')}")
     return result
 
 
+# -----------------------------------------------------------------------------------------------
+# The command line
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in fields(ExperimentConfig):
-        if f.type in (bool, "bool"):
-            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default)
-        else:
-            parser.add_argument(f"--{f.name}", type={"int": int, "float": float, "str": str}.get(f.type, f.type),
-                                default=f.default)
+    # --task picks the defaults first, so that `--task world:chain --help` shows the right ones
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--task", default="count")
+    task = first.parse_known_args(argv)[0].task
+    parser = config_parser(ExperimentConfig, __doc__, choices={
+        "task": ["count", *BUILTIN, *TASKS], "where": ["append", "prepend"]})
+    if task != "count":
+        parser.set_defaults(**PRETRAINED_DEFAULTS)
     cfg = ExperimentConfig(**vars(parser.parse_args(argv)))
+    defaults = ExperimentConfig()
+    unused = OTHERS_ONLY if cfg.task == "count" else COUNT_ONLY
+    for name in unused:
+        if getattr(cfg, name) != getattr(defaults, name):
+            parser.error(f"--{name} does not apply to --task {cfg.task}")
+    if cfg.num_pauses < 1:
+        parser.error("--num_pauses must be >= 1 (M_ft of the PauseFT configurations)")
+    if min(cfg.seeds, cfg.batch_size, cfg.pretrain_steps, cfg.finetune_steps) < 1:
+        parser.error("--seeds, --batch_size, --pretrain_steps and --finetune_steps must be >= 1")
+    if cfg.n_eval < 1 and (cfg.task == "count" or cfg.n_eval != -1):
+        parser.error(f"--n_eval must be >= 1 (other tasks: or -1 for all), got {cfg.n_eval}")
+    if cfg.n_train == 0 or cfg.n_train < -1:
+        parser.error(f"--n_train must be >= 1, or -1 for all, got {cfg.n_train}")
+    if cfg.seed < 0 or cfg.warmup_steps < 0 or cfg.weight_decay < 0 or cfg.finetune_lr <= 0:
+        parser.error("--seed, --warmup_steps and --weight_decay must be >= 0, --finetune_lr > 0")
+    if not 0.0 < cfg.pause_frac < 1.0 and cfg.task != "count":
+        parser.error(f"--pause_frac must be in (0, 1) for PausePT (the paper: 0.1), got "
+                     f"{cfg.pause_frac}")
+    if cfg.task == "count":
+        check_count(parser, cfg)
+    elif cfg.task in TASKS and not cfg.data:
+        parser.error(f"--task {cfg.task} needs its files: --data DIR (after `python prepare.py "
+                     f"task {cfg.task} --out DIR`)")
+    for name in ("data", "eval_data"):
+        if getattr(cfg, name) and not os.path.exists(getattr(cfg, name)):
+            parser.error(f"--{name} {getattr(cfg, name)}: no such file or directory")
+    return cfg
+
+
+def check_count(parser, cfg):
     if not 1 <= cfg.K <= 9:
         parser.error(f"--K must be 1..9 (the count is one digit), got {cfg.K}")
-    if cfg.where not in ("append", "prepend"):
-        parser.error(f"--where must be append or prepend, got {cfg.where!r}")
-    if cfg.M_ft < 1:
-        parser.error("--M_ft must be >= 1 (the pauses of the PauseFT configurations)")
-    longest = (cfg.K + 2) + (2 * cfg.M_ft if cfg.minf_sweep else cfg.M_ft) + 2
+    longest = (cfg.K + 2) + (2 * cfg.num_pauses if cfg.minf_sweep else cfg.num_pauses) + 2
     if longest > cfg.block_size:
-        parser.error(f"prompt ({cfg.K + 2}) + pauses + answer need {longest} positions, more than "
-                     f"--block_size {cfg.block_size}; raise --block_size or lower --M_ft")
-    if cfg.seeds < 1 or cfg.pt_steps < 0 or cfg.ft_steps < 0 or cfg.batch_size < 1 or cfg.n_eval < 1:
-        parser.error("--seeds, --batch_size and --n_eval must be >= 1, --pt_steps and --ft_steps >= 0")
+        parser.error(f"prompt ({cfg.K + 2}) + pauses + answer need {longest} positions, more "
+                     f"than --block_size {cfg.block_size}; raise --block_size or lower "
+                     "--num_pauses")
     for name in ("p_echo", "p_cot", "p_filler", "p_pmask"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             parser.error(f"--{name} must be a probability in [0, 1], got {getattr(cfg, name)}")
@@ -422,8 +698,16 @@ def parse_args(argv=None):
                      f"{cfg.p_cot + cfg.p_filler}")
     if not 0.0 <= cfg.pause_frac < 1.0:
         parser.error(f"--pause_frac must be in [0, 1) (the paper uses 0.1), got {cfg.pause_frac}")
-    return cfg
+    if cfg.pretrain_lr <= 0 or cfg.workers < 0:
+        parser.error("--pretrain_lr must be > 0 and --workers >= 0")
+    if min(cfg.n_layer, cfg.n_head, cfg.n_embd) < 1 or cfg.n_embd % cfg.n_head:
+        parser.error(f"--n_layer, --n_head and --n_embd must be >= 1, and --n_head must divide "
+                     f"--n_embd {cfg.n_embd}")
+
+
+def main(argv=None):
+    experiment(parse_args(argv))
 
 
 if __name__ == "__main__":
-    experiment(parse_args())
+    main()
