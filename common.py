@@ -1,7 +1,8 @@
 """
 Helpers that train.py, finetune.py, experiment.py, bench.py and sample.py share, so that no script
 imports another: the command line built from a config dataclass, device and dtype, DDP setup, the
-learning-rate schedule, files written atomically, checkpoints, and downloads.
+learning-rate schedule, files written atomically, checkpoints, the checks of a train.py run before
+it starts (out_dir, --resume, the model's shape), and downloads.
 """
 import argparse
 import bz2
@@ -24,6 +25,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
+
+from model import GPT, GPTConfig, PRESETS, config_from_preset
 
 
 # -----------------------------------------------------------------------------------------------
@@ -62,13 +65,13 @@ def config_parser(cls, description, choices=None):
         if f.name in choices:
             help_text += f" (choices: {', '.join(map(str, choices[f.name]))})"
         help_text += " (default: %(default)s)"
-        kind = {"bool": bool, "int": int, "float": float, "str": str}.get(f.type, f.type)
-        if kind is bool:
+        if f.type is bool:
             parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction,
                                 default=default, help=help_text)
         else:
-            parser.add_argument(f"--{f.name}", type=_int if kind is int else kind, default=default,
-                                choices=choices.get(f.name), help=help_text, metavar=f.name.upper())
+            parser.add_argument(f"--{f.name}", type=_int if f.type is int else f.type,
+                                default=default, choices=choices.get(f.name), help=help_text,
+                                metavar=f.name.upper())
     return parser
 
 
@@ -137,22 +140,6 @@ def setup_ddp(device="auto"):
     return 0, 0, 1, device
 
 
-def check_out_dir(out_dir, resume, overwrite, name="ckpt.pt"):
-    """Refuse, before any work, what would lose a run: an --out_dir that is a file, --resume
-    with nothing to resume, or a new run over a checkpoint without --overwrite."""
-    path = os.path.join(out_dir, name)
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise SystemExit(f"--out_dir {out_dir} is a file, not a directory; choose another")
-    if resume and overwrite:
-        raise SystemExit(f"--resume continues {path}, --overwrite deletes it: give one of them")
-    if resume and not os.path.isfile(path):
-        raise SystemExit(f"--resume: no checkpoint at {path}; run without --resume to start "
-                         "training")
-    if not resume and not overwrite and os.path.exists(path):
-        raise SystemExit(f"{path} exists: give --resume to continue that run, --overwrite to "
-                         "replace it, or another --out_dir")
-
-
 def cleanup_ddp():
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -189,8 +176,13 @@ def atomic_write(path, write, mode="wb"):
     folder = os.path.dirname(os.path.abspath(path))
     # mkstemp creates a new file with O_EXCL: it never opens an existing file or follows a link.
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    umask = os.umask(0)  # reading the umask means setting it: it is put back at once
+    os.umask(umask)
     try:
         with os.fdopen(fd, mode) as f:
+            # mkstemp's file is private (0600); it gets the mode a plain open() would give, so
+            # that a checkpoint or an exported model can be shared like the user's other files.
+            os.fchmod(f.fileno(), 0o666 & ~umask)
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -201,25 +193,6 @@ def atomic_write(path, write, mode="wb"):
         if isinstance(e, OSError):
             raise write_error(path, e) from e
         raise
-
-
-def start_run_dir(out_dir, resume_step=None, files=("ckpt.pt", "metrics.jsonl")):
-    """Ready out_dir for a run, with a note for each file removed. A resumed run keeps the rows of
-    its JSON-lines logs up to resume_step (rows after it come from a run killed after its last
-    checkpoint, and will be written again); a new run deletes the files of an earlier one. Both
-    delete the temporary files of writes that were killed (one can be as big as a model)."""
-    os.makedirs(out_dir, exist_ok=True)
-    for name in files:
-        path = os.path.join(out_dir, name)
-        for tmp in glob.glob(os.path.join(glob.escape(out_dir), f".{glob.escape(name)}.*.tmp")):
-            os.remove(tmp)
-            print(f"note: removed {tmp}, left by a write that was interrupted")
-        if resume_step is None and os.path.exists(path):
-            os.remove(path)
-            print(f"note: removed {path} of an earlier run")
-        elif resume_step is not None and name.endswith(".jsonl") and os.path.isfile(path):
-            rows = [r for r in read_jsonl(path) if r["step"] <= resume_step]
-            atomic_write(path, lambda f: f.writelines(json.dumps(r) + "\n" for r in rows), "w")
 
 
 def json_safe(obj):
@@ -305,12 +278,12 @@ def read_checkpoint(path, device="cpu", kind=None):
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SystemExit(f"{path}: not a checkpoint this project can read ({first}); "
                          f"{expected}") from None
-    if checkpoint_kind(ckpt) == "foreign":
+    found = checkpoint_kind(ckpt)
+    if found == "foreign":
         found = (f"a dict with the keys {', '.join(sorted(map(str, ckpt))[:8])}"
                  if isinstance(ckpt, dict) else f"a {type(ckpt).__name__}")
         raise SystemExit(f"{path}: not a checkpoint of this project: found {found}; {expected} "
                          "(a Hugging Face GPT-2 directory goes to --init_from)")
-    found = checkpoint_kind(ckpt)
     if kind is not None and found != kind:
         raise SystemExit(f"{path} is a {found} checkpoint ({KINDS[found]}), but a {kind} one "
                          f"({KINDS[kind]}) is needed here")
@@ -319,12 +292,91 @@ def read_checkpoint(path, device="cpu", kind=None):
 
 def load_checkpoint(path, device="cpu"):
     """(model, tokenizer, checkpoint dict) from a ckpt.pt written by train.py or finetune.py."""
-    from data import get_tokenizer
-    from model import GPT, GPTConfig
+    from data import get_tokenizer  # data imports this module
     ckpt = read_checkpoint(path, device)
     model = GPT(GPTConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
     return model.to(device), get_tokenizer(ckpt["tokenizer"]), ckpt
+
+
+# -----------------------------------------------------------------------------------------------
+# A train.py run: its out_dir, checked before any work and readied once it starts, and what the
+# weights it starts from fix: the model's shape (GPT-2's for --init_from, the checkpoint's for
+# --resume), and for --resume also the tokenizer and pause_frac.
+
+def check_out_dir(out_dir, resume, overwrite):
+    """Refuse, before any work, what would lose a run: an --out_dir that is a file, --resume
+    with nothing to resume, or a new run over a checkpoint without --overwrite."""
+    path = os.path.join(out_dir, "ckpt.pt")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise SystemExit(f"--out_dir {out_dir} is a file, not a directory; choose another")
+    if resume and overwrite:
+        raise SystemExit(f"--resume continues {path}, --overwrite deletes it: give one of them")
+    if resume and not os.path.isfile(path):
+        raise SystemExit(f"--resume: no checkpoint at {path}; run without --resume to start "
+                         "training")
+    if not resume and not overwrite and os.path.exists(path):
+        raise SystemExit(f"{path} exists: give --resume to continue that run, --overwrite to "
+                         "replace it, or another --out_dir")
+
+
+def start_run_dir(out_dir, resume_step=None):
+    """Ready out_dir for a run, with a note for each file removed. A resumed run keeps the rows of
+    its JSON-lines logs up to resume_step (rows after it come from a run killed after its last
+    checkpoint, and will be written again); a new run deletes the files of an earlier one. Both
+    delete the temporary files of writes that were killed (one can be as big as a model)."""
+    os.makedirs(out_dir, exist_ok=True)
+    for name in ("ckpt.pt", "metrics.jsonl"):
+        path = os.path.join(out_dir, name)
+        for tmp in glob.glob(os.path.join(glob.escape(out_dir), f".{glob.escape(name)}.*.tmp")):
+            os.remove(tmp)
+            print(f"note: removed {tmp}, left by a write that was interrupted")
+        if resume_step is None and os.path.exists(path):
+            os.remove(path)
+            print(f"note: removed {path} of an earlier run")
+        elif resume_step is not None and name.endswith(".jsonl") and os.path.isfile(path):
+            rows = [r for r in read_jsonl(path) if r["step"] <= resume_step]
+            atomic_write(path, lambda f: f.writelines(json.dumps(r) + "\n" for r in rows), "w")
+
+
+def model_config_of(cfg, vocab_size, ckpt=None):
+    """The model's shape for train.py's TrainConfig cfg: for a new run, a preset with the flags'
+    overrides; from GPT-2 or on --resume, the shape of those weights, which the flags may repeat
+    but not change (the context may be cut: the position embeddings beyond it go unused)."""
+    import gpt2  # gpt2 imports this module
+    flags = {k: getattr(cfg, k) for k in ("block_size", "n_layer", "n_head", "n_embd")
+             if getattr(cfg, k)}
+    if ckpt is None and not cfg.init_from:
+        return config_from_preset(cfg.preset, vocab_size, dropout=cfg.dropout, **flags)
+    if ckpt is not None:
+        source, shape = f"--resume: {cfg.out_dir}/ckpt.pt", ckpt["model_config"]
+    else:
+        source, shape = f"--init_from {cfg.init_from}", gpt2.hf_config(cfg.init_from)
+    model_config = GPTConfig(**{**shape, "vocab_size": vocab_size, "dropout": cfg.dropout})
+    # --preset counts only when given: its default is no request
+    asked = {**(PRESETS[cfg.preset] if cfg.preset != type(cfg).preset else {}), **flags}
+    for k, v in asked.items():
+        have = getattr(model_config, k)
+        if v > have or (v < have and k != "block_size"):
+            flag = f"--{k}" if k in flags else f"--preset {cfg.preset}"
+            raise SystemExit(f"{source} has {k}={have} but this run has {k}={v} ({flag}); the "
+                             "weights fix the model's shape: leave the flag out")
+    return model_config
+
+
+def check_resume(ckpt, path, cfg, tok_name, world_size, master):
+    """Refuse a checkpoint of another tokenizer or pause_frac, naming the field; a change of the
+    batch or world size is allowed, with a note."""
+    for key, saved, value in (("tokenizer", ckpt["tokenizer"], tok_name),
+                              ("pause_frac", ckpt["pause_frac"], cfg.pause_frac)):
+        if saved != value:
+            raise SystemExit(f"--resume: {path} was made with {key}={saved}, this run has "
+                             f"{key}={value}; use the same data and flags, or another --out_dir")
+    then = ckpt["config"]["batch_size"], ckpt.get("world_size", world_size)
+    if then != (cfg.batch_size, world_size) and master:
+        print(f"note: resuming with batch_size {cfg.batch_size} x {world_size} processes; the "
+              f"checkpoint was written with {then[0]} x {then[1]}. The data continues where it "
+              "stopped, but the steps are no longer those of one uninterrupted run.")
 
 
 # -----------------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ Data, from text to batches:
                         paper's pause-pretraining applied (pause_pretrain_batch, from pause.py)
 """
 import functools
-import itertools
 import json
 import random
 import zlib
@@ -20,8 +19,8 @@ import torch
 import pause
 from common import atomic_write
 
-PAUSE = "<|pause|>"
-EOT = "<|endoftext|>"
+PAUSE, EOT = "<|pause|>", "<|endoftext|>"
+TOKENIZERS = ("gpt2", "byte")  # the names get_tokenizer knows
 
 
 class Tokenizer:
@@ -43,32 +42,25 @@ class Tokenizer:
         return self.enc.decode(list(ids))
 
 
-def _gpt2_pause():
-    # GPT-2's 50257 ids (50256 is <|endoftext|>) plus <|pause|> = 50257, which falls in the
-    # padding model.py adds anyway (50258 -> 50304): the pause costs one embedding row.
-    base = tiktoken.get_encoding("gpt2")
-    return tiktoken.Encoding(name="gpt2_pause", pat_str=base._pat_str,
-                             mergeable_ranks=base._mergeable_ranks,
-                             special_tokens={EOT: base.eot_token, PAUSE: base.n_vocab})
-
-
-def _byte_pause():
-    # One token per byte (0..255), then <|endoftext|> = 256 and <|pause|> = 257. Needs no
-    # download, so the built-in default runs offline; digits are single tokens, which suits sums.
-    return tiktoken.Encoding(name="byte_pause", pat_str=r"[\s\S]",
-                             mergeable_ranks={bytes([i]): i for i in range(256)},
-                             special_tokens={EOT: 256, PAUSE: 257})
-
-
-TOKENIZERS = {"gpt2": _gpt2_pause, "byte": _byte_pause}
-
-
 @functools.cache
 def get_tokenizer(name):
     """'gpt2' (GPT-2 BPE, needs tiktoken's gpt2 files, downloaded on first use) or 'byte'."""
-    if name not in TOKENIZERS:
+    if name == "gpt2":
+        # GPT-2's 50257 ids (50256 is <|endoftext|>) plus <|pause|> = 50257, which falls in the
+        # padding model.py adds anyway (50258 -> 50304): the pause costs one embedding row.
+        base = tiktoken.get_encoding("gpt2")
+        enc = tiktoken.Encoding(name="gpt2_pause", pat_str=base._pat_str,
+                                mergeable_ranks=base._mergeable_ranks,
+                                special_tokens={EOT: base.eot_token, PAUSE: base.n_vocab})
+    elif name == "byte":
+        # One token per byte (0..255), then <|endoftext|> = 256 and <|pause|> = 257. Needs no
+        # download, so the built-in default runs offline; digits are single tokens: good for sums.
+        enc = tiktoken.Encoding(name="byte_pause", pat_str=r"[\s\S]",
+                                mergeable_ranks={bytes([i]): i for i in range(256)},
+                                special_tokens={EOT: 256, PAUSE: 257})
+    else:
         raise ValueError(f"unknown tokenizer {name!r}; choose one of {sorted(TOKENIZERS)}")
-    return Tokenizer(name, TOKENIZERS[name]())
+    return Tokenizer(name, enc)
 
 
 # -----------------------------------------------------------------------------------------------
@@ -78,10 +70,6 @@ def get_tokenizer(name):
 # one line "{prompt}{answer}\n". A hash of the prompt puts it in the train or the test split, so
 # test questions never appear in the pretraining corpus or in finetuning data.
 
-NAMES = ["Ann", "Bob", "Cat", "Dan", "Eve", "Fay", "Gus", "Hal", "Ivy", "Joe"]
-THINGS = ["apples", "books", "coins", "eggs", "pens", "shells", "stamps", "cards"]
-
-
 def _world_add(rng):
     a, b = rng.randrange(1000), rng.randrange(1000)
     return f"{a}+{b}=", str(a + b)
@@ -89,9 +77,7 @@ def _world_add(rng):
 
 def _world_chain(rng):
     # Multi-step arithmetic: each variable is computed from the previous one, kept in 0..999.
-    steps = rng.randint(2, 4)
-    names = "abcdefgh"
-    value = rng.randrange(10)
+    steps, names, value = rng.randint(2, 4), "abcdefgh", rng.randrange(10)
     parts = [f"{names[0]}={value}"]
     for i in range(1, steps + 1):
         op, k = rng.choice("+-*"), rng.randint(1, 9)
@@ -106,7 +92,8 @@ def _world_chain(rng):
 
 def _world_story(rng):
     # A short word problem with two or three steps.
-    name, thing = rng.choice(NAMES), rng.choice(THINGS)
+    name = rng.choice(["Ann", "Bob", "Cat", "Dan", "Eve", "Fay", "Gus", "Hal", "Ivy", "Joe"])
+    thing = rng.choice(["apples", "books", "coins", "eggs", "pens", "shells", "stamps", "cards"])
     have, gets = rng.randint(1, 20), rng.randint(1, 20)
     gives = rng.randint(0, have + gets)
     text = f"{name} has {have} {thing}. {name} gets {gets} more"
@@ -123,29 +110,23 @@ def world_split(prompt):
 
 
 def synthetic_task(name, split, n, seed=0):
-    """n distinct examples {'prompt', 'answer'} of a built-in task, all from one split."""
+    """n distinct examples {'prompt', 'answer'} of a built-in task, from split 'train' or 'test'."""
     if name not in WORLD_TASKS:
         raise ValueError(f"unknown built-in task {name!r}; choose one of {sorted(WORLD_TASKS)}")
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    rng = random.Random(f"{name}/{split}/{seed}")
-    seen, out = set(), []
+    rng, out = random.Random(f"{name}/{split}/{seed}"), {}  # out: {prompt: answer}, as drawn
     for _ in range(200 * n + 1000):
         prompt, answer = WORLD_TASKS[name](rng)
-        if prompt not in seen and world_split(prompt) == split:
-            seen.add(prompt)
-            out.append({"prompt": prompt, "answer": answer})
+        if world_split(prompt) == split:
+            out.setdefault(prompt, answer)  # a prompt drawn again keeps its first place
             if len(out) == n:
-                return out
+                return [{"prompt": p, "answer": a} for p, a in out.items()]
     raise ValueError(f"built-in task {name!r} has fewer than {n} distinct {split} examples")
 
 
 def builtin_documents(num_docs, seed=0):
     """The built-in pretraining corpus: documents of 4-16 lines, each line a train-split example
     from a random family."""
-    rng = random.Random(f"corpus/{seed}")
-    families = sorted(WORLD_TASKS)
-    docs = []
+    rng, families, docs = random.Random(f"corpus/{seed}"), sorted(WORLD_TASKS), []
     while len(docs) < num_docs:
         lines, num_lines = [], rng.randint(4, 16)
         while len(lines) < num_lines:
@@ -160,8 +141,8 @@ def builtin_tokens(num_docs, seed, tokenizer_name="byte"):
     """The built-in corpus as one uint16 token stream: <|endoftext|> before every document.
     Train and validation use different seeds (and the corpus never holds a test-split prompt)."""
     tok = get_tokenizer(tokenizer_name)
-    ids = [[tok.eot_id] + doc for doc in tok.encode_batch(builtin_documents(num_docs, seed))]
-    return np.fromiter(itertools.chain.from_iterable(ids), dtype=np.uint16)
+    docs = tok.encode_batch(builtin_documents(num_docs, seed))
+    return np.fromiter((t for doc in docs for t in [tok.eot_id] + doc), dtype=np.uint16)
 
 
 # -----------------------------------------------------------------------------------------------
@@ -183,35 +164,32 @@ def write_shard(path, tokens, vocab_size):
         raise ValueError(f"{path}: token id {int(tokens.max())} does not fit in uint16")
     header = np.zeros(HEADER_INTS, dtype=np.int32)
     header[:4] = SHARD_MAGIC, SHARD_VERSION, tokens.size, vocab_size
-
-    def write(f):
-        f.write(header.tobytes())
-        f.write(tokens.astype(np.uint16, copy=False).data)
-    atomic_write(path, write)  # a crash mid-write never leaves a half shard under the real name
+    body = np.ascontiguousarray(tokens, dtype=np.uint16)  # copies only if it must
+    # a crash mid-write never leaves a half shard under the real name
+    atomic_write(path, lambda f: f.writelines([header.tobytes(), body.data]))
 
 
 def load_shard(path, vocab_size=None):
     """Memory-map a token shard after checking its header (and, given vocab_size, that its tokens
     come from a tokenizer with that many ids); returns a read-only uint16 array."""
-    path = str(path)
-    size = Path(path).stat().st_size
+    path, size = str(path), Path(path).stat().st_size
     if size < HEADER_INTS * 4:
-        raise ValueError(f"{path}: corrupt token shard ({size} bytes, shorter than the header); "
+        raise SystemExit(f"{path}: corrupt token shard ({size} bytes, shorter than the header); "
                          f"delete it and {PREPARE_HINT}")
     header = np.fromfile(path, dtype=np.int32, count=HEADER_INTS)
     if header[0] != SHARD_MAGIC:
-        raise ValueError(f"{path}: not a token shard (bad magic number {header[0]}); "
+        raise SystemExit(f"{path}: not a token shard (bad magic number {header[0]}); "
                          "make shards with `python prepare.py prepare`")
     if header[1] != SHARD_VERSION:
-        raise ValueError(f"{path}: shard version {header[1]}, this code reads version "
+        raise SystemExit(f"{path}: shard version {header[1]}, this code reads version "
                          f"{SHARD_VERSION}; {PREPARE_HINT}")
     expected = HEADER_INTS * 4 + 2 * int(header[2])
     if size != expected:
-        raise ValueError(f"{path}: corrupt token shard: the header promises {header[2]} tokens "
+        raise SystemExit(f"{path}: corrupt token shard: the header promises {header[2]} tokens "
                          f"({expected} bytes) but the file has {size} bytes; {PREPARE_HINT}")
     if vocab_size is not None and header[3] != vocab_size:
         # Ids of another tokenizer would train silently on wrong tokens (or index past the table).
-        raise ValueError(f"{path}: its tokens come from a vocabulary of {header[3]} ids, but the "
+        raise SystemExit(f"{path}: its tokens come from a vocabulary of {header[3]} ids, but the "
                          f"tokenizer has {vocab_size}; {PREPARE_HINT} with the right --tokenizer")
     return np.memmap(path, dtype=np.uint16, mode="r", offset=HEADER_INTS * 4,
                      shape=(int(header[2]),))
@@ -286,31 +264,28 @@ def _seed(*words):
 
 
 class PretrainLoader:
-    """source: a prepared directory (its `split` shards), a list of shard paths, or one array of
-    tokens. pause_frac > 0 turns on pause-pretraining with M_pt = pause_frac x block_size."""
+    """source: a prepared directory (its `split` shards) or an array of tokens. pause_frac > 0 turns
+    on pause-pretraining, M_pt = pause_frac x block_size. more_data: the advice if data is short."""
 
     def __init__(self, source, batch_size, block_size, pause_frac=0.0, pause_id=None, rank=0,
-                 world_size=1, seed=0, split="train"):
+                 world_size=1, seed=0, split="train", more_data="prepare more data"):
         if isinstance(source, np.ndarray):
             self.shards = [source]
-        elif isinstance(source, (list, tuple)):
-            self.shards = [load_shard(p) for p in source]
         else:
             meta = data_meta(source)  # checks the shards' vocabulary against the tokenizer's
             self.shards = [load_shard(shard_path(source, split, i))
                            for i in range(len(meta[f"{split}_shards"]))]
         self.B, self.T, self.rank, self.world_size = batch_size, block_size, rank, world_size
-        self.seed = seed
+        self.seed, self.pause_id = seed, pause_id
         self.num_pauses = pause.num_pretrain_pauses(pause_frac, block_size)
         if self.num_pauses and pause_id is None:
             raise ValueError("pause_frac > 0 needs the tokenizer's pause_id")
-        self.pause_id = pause_id
         self.windows = np.array([max(0, (len(s) - 1) // block_size) for s in self.shards], np.int64)
         self.num_windows = int(self.windows.sum())
         if self.num_windows < batch_size * world_size:
-            raise ValueError(f"the {split} data holds {self.num_windows} windows of "
+            raise SystemExit(f"the {split} data holds {self.num_windows} windows of "
                              f"{block_size + 1} tokens, fewer than one global batch ({batch_size} "
-                             f"x {world_size} ranks); prepare more data or use a smaller "
+                             f"x {world_size} ranks); {more_data} or use a smaller "
                              "--batch_size / --block_size")
         self.epoch = self.pos = 0  # pos: windows of this epoch already dealt out to all ranks
         self.real_tokens = self.pause_tokens = 0  # input tokens this loader has delivered
@@ -341,9 +316,9 @@ class PretrainLoader:
             self.epoch, self.pos = self.epoch + 1, 0  # the last partial global batch is left out
         first = self.pos + self.rank * self.B
         w = np.stack([self._window(i) for i in range(first, first + self.B)]).astype(np.int64)
-        g = None
-        if self.num_pauses:  # the pause positions depend only on which windows these are
-            g = torch.Generator().manual_seed(_seed(self.seed, self.epoch, first // self.B, 7))
+        # the pause positions depend only on which windows these are
+        g = (torch.Generator().manual_seed(_seed(self.seed, self.epoch, first // self.B, 7))
+             if self.num_pauses else None)
         x, y = pause_pretrain_batch(torch.from_numpy(w), self.num_pauses, self.pause_id, g)
         n_pause = int((x == self.pause_id).sum()) if self.num_pauses else 0
         self.pause_tokens += n_pause
@@ -353,19 +328,17 @@ class PretrainLoader:
 
     def state_dict(self):
         # The RNG state is (seed, epoch, pos): every random choice is derived from them.
-        return {"seed": self.seed, "epoch": self.epoch, "pos": self.pos,
-                "num_windows": self.num_windows, "block_size": self.T,
-                "num_pauses": self.num_pauses,
+        return {"seed": self.seed, "epoch": self.epoch, "pos": self.pos, "block_size": self.T,
+                "num_windows": self.num_windows, "num_pauses": self.num_pauses,
                 "real_tokens": self.real_tokens, "pause_tokens": self.pause_tokens}
 
     def load_state_dict(self, state):
-        ours = {"num_windows": self.num_windows, "block_size": self.T,
-                "num_pauses": self.num_pauses}
-        for key, value in ours.items():
-            if state[key] != value:
+        ours = self.state_dict()
+        for key in ("num_windows", "block_size", "num_pauses"):
+            if state[key] != ours[key]:
                 raise ValueError(f"loader state: the checkpoint's data has {key}={state[key]}, "
-                                 f"this run's has {value}; resume with the same data and flags, "
-                                 "or start a new --out_dir")
+                                 f"this run's has {ours[key]}; resume with the same data and "
+                                 "flags, or start a new --out_dir")
         self.seed, self.epoch, self.pos = state["seed"], state["epoch"], state["pos"]
         self.real_tokens, self.pause_tokens = state["real_tokens"], state["pause_tokens"]
 
@@ -373,8 +346,5 @@ class PretrainLoader:
 def to_device(x, y, device):
     """Pinned host memory lets the copy to the GPU run asynchronously (non_blocking) while the GPU
     still works on the previous micro-step."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return (x.pin_memory().to(device, non_blocking=True),
-                y.pin_memory().to(device, non_blocking=True))
-    return x.to(device), y.to(device)
+    pin = torch.device(device).type == "cuda"
+    return tuple((t.pin_memory() if pin else t).to(device, non_blocking=pin) for t in (x, y))

@@ -24,11 +24,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import gpt2
-from common import (append_jsonl, check_out_dir, check_ranges, cleanup_ddp, config_parser, lr_at,
-                    peak_flops_of, read_checkpoint, resolve_device, resolve_dtype, save_checkpoint,
-                    setup_ddp, start_run_dir)
+from common import (append_jsonl, check_out_dir, check_ranges, check_resume, cleanup_ddp,
+                    config_parser, lr_at, model_config_of, peak_flops_of, read_checkpoint,
+                    resolve_device, resolve_dtype, save_checkpoint, setup_ddp, start_run_dir)
 from data import PretrainLoader, builtin_tokens, data_meta, get_tokenizer, to_device
-from model import GPT, GPTConfig, PRESETS, config_from_preset
+from model import GPT, PRESETS
 
 
 @dataclass
@@ -98,44 +98,6 @@ def check(cfg):
         raise SystemExit("--resume continues out_dir/ckpt.pt with its own weights; leave out "
                          "--init_from")
     check_out_dir(cfg.out_dir, cfg.resume, cfg.overwrite)
-
-
-def model_config_of(cfg, vocab_size, ckpt=None):
-    """The model's shape: for a new run, a preset with the flags' overrides; from GPT-2 or on
-    --resume, the shape of those weights, which the flags may repeat but not change (the context
-    may be cut: the position embeddings beyond it go unused)."""
-    flags = {k: getattr(cfg, k) for k in ("block_size", "n_layer", "n_head", "n_embd")
-             if getattr(cfg, k)}
-    if ckpt is None and not cfg.init_from:
-        return config_from_preset(cfg.preset, vocab_size, dropout=cfg.dropout, **flags)
-    if ckpt is not None:
-        source, shape = f"--resume: {cfg.out_dir}/ckpt.pt", ckpt["model_config"]
-    else:
-        source, shape = f"--init_from {cfg.init_from}", gpt2.hf_config(cfg.init_from)
-    model_config = GPTConfig(**{**shape, "vocab_size": vocab_size, "dropout": cfg.dropout})
-    asked = {**(PRESETS[cfg.preset] if cfg.preset != TrainConfig.preset else {}), **flags}
-    for k, v in asked.items():
-        have = getattr(model_config, k)
-        if v > have or (v < have and k != "block_size"):
-            flag = f"--{k}" if k in flags else f"--preset {cfg.preset}"
-            raise SystemExit(f"{source} has {k}={have} but this run has {k}={v} ({flag}); the "
-                             "weights fix the model's shape: leave the flag out")
-    return model_config
-
-
-def check_resume(ckpt, path, cfg, tok_name, world_size, master):
-    """Refuse a checkpoint of another tokenizer or pause_frac, naming the field; a change of the
-    batch or world size is allowed, with a note."""
-    for key, saved, value in (("tokenizer", ckpt["tokenizer"], tok_name),
-                              ("pause_frac", ckpt["pause_frac"], cfg.pause_frac)):
-        if saved != value:
-            raise SystemExit(f"--resume: {path} was made with {key}={saved}, this run has "
-                             f"{key}={value}; use the same data and flags, or another --out_dir")
-    then = ckpt["config"]["batch_size"], ckpt.get("world_size", world_size)
-    if then != (cfg.batch_size, world_size) and master:
-        print(f"note: resuming with batch_size {cfg.batch_size} x {world_size} processes; the "
-              f"checkpoint was written with {then[0]} x {then[1]}. The data continues where it "
-              "stopped, but the steps are no longer those of one uninterrupted run.")
 
 
 @torch.no_grad()
@@ -214,13 +176,15 @@ def train(cfg: TrainConfig) -> str:
     # The context T of the training windows: the model's, unless cut by --block_size.
     T = cfg.block_size or (ckpt["loader"]["block_size"] if ckpt else model_config.block_size)
     B = cfg.batch_size
+    more_data = "prepare more data" if cfg.data else "raise --builtin_docs"  # if a split is short
     loader = PretrainLoader(train_src, B, T, cfg.pause_frac, tok.pause_id, rank, world_size,
-                            cfg.seed)
+                            cfg.seed, more_data=more_data)
     # Validation always reads from the start of its split; with pauses, val_loss is the PausePT
     # objective and val_loss_nopause the same text without pauses.
     evals = [("val_loss", cfg.pause_frac)] + ([("val_loss_nopause", 0.0)] if cfg.pause_frac else [])
     val_loaders = {key: PretrainLoader(val_src, B, T, frac, tok.pause_id, rank, world_size, seed=0,
-                                       split="val") for key, frac in evals if val_src is not None}
+                                       split="val", more_data=more_data)
+                   for key, frac in evals if val_src is not None}
 
     # ---- batch arithmetic: total_batch_tokens = batch_size x block_size x world_size x grad_accum
     micro_tokens = B * T * world_size

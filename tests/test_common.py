@@ -4,6 +4,7 @@ import io
 import json
 import math
 import os
+import stat
 from dataclasses import dataclass
 
 import pytest
@@ -68,6 +69,22 @@ def test_atomic_write_keeps_the_old_file_when_a_write_fails(tmp_path):
     assert path.read_bytes() == b"the last good one" and os.listdir(tmp_path) == ["ckpt.pt"]
     atomic_write(path, lambda f: f.write(b"new"))
     assert path.read_bytes() == b"new" and os.listdir(tmp_path) == ["ckpt.pt"]
+
+
+def test_atomic_writes_get_the_mode_of_a_plain_open(tmp_path):
+    # mkstemp alone would leave every checkpoint 0600, unreadable to the user's group
+    before = os.umask(0o022)
+    try:
+        for umask in (0o022, 0o077, 0o002):
+            os.umask(umask)
+            plain, atomic = tmp_path / f"plain{umask}", tmp_path / f"atomic{umask}.pt"
+            with open(plain, "wb") as f:
+                f.write(b"x")
+            save_checkpoint({"x": torch.ones(1)}, atomic)
+            assert stat.S_IMODE(atomic.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
+            assert stat.S_IMODE(plain.stat().st_mode) == 0o666 & ~umask
+    finally:
+        os.umask(before)
 
 
 def test_atomic_write_never_follows_a_planted_symlink(tmp_path):

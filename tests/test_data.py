@@ -14,13 +14,15 @@ def test_bad_shards_are_refused(tmp_path):
     good = tmp_path / "train_000000.bin"
     write_shard(good, np.arange(100), vocab_size=258)
     assert load_shard(good).tolist() == list(range(100))
+    write_shard(tmp_path / "strided.bin", np.arange(100, dtype=np.uint16)[::3], vocab_size=258)
+    assert load_shard(tmp_path / "strided.bin").tolist() == list(range(0, 100, 3))
     raw = good.read_bytes()
     cases = {"magic": b"\0\0\0\0" + raw[4:], "version": raw[:4] + b"\x09\0\0\0" + raw[8:],
              "bytes": raw[:-10], "header": raw[:100]}
     for what, content in cases.items():
         bad = tmp_path / f"bad_{what}.bin"
         bad.write_bytes(content)
-        with pytest.raises(ValueError, match=f"{bad}.*(magic|version|bytes|header)"):
+        with pytest.raises(SystemExit, match=f"{bad}.*(magic|version|bytes|header)"):
             load_shard(bad)
 
 
@@ -69,11 +71,11 @@ def test_data_meta_checks_the_shards_against_meta_json(tmp_path):
     # by data_meta and by a loader of the directory, instead of training on another's ids.
     (d / "meta.json").write_text(json.dumps(dict(meta, tokenizer="gpt2")))
     for check in (lambda: data_meta(d), lambda: PretrainLoader(str(d), 2, 8)):
-        with pytest.raises(ValueError, match=r"train_000000.bin: .*vocabulary of 258 ids.*50258"):
+        with pytest.raises(SystemExit, match=r"train_000000.bin: .*vocabulary of 258 ids.*50258"):
             check()
     (d / "meta.json").write_text(json.dumps(meta))
     write_shard(d / "val_000000.bin", load_shard(d / "val_000000.bin"), 50258)
-    with pytest.raises(ValueError, match="val_000000.bin: .*50258 ids.*has 258"):
+    with pytest.raises(SystemExit, match="val_000000.bin: .*50258 ids.*has 258"):
         data_meta(d)
     (d / "val_000000.bin").unlink()  # listed in meta.json, gone from the disk
     with pytest.raises(SystemExit, match="val_000000.bin is missing"):
@@ -151,6 +153,16 @@ def test_loader_resumes_with_the_next_batch_across_epochs():
     other = PretrainLoader(np.arange(3_000, dtype=np.uint16), 4, 16, 0.1, 65_000, seed=5)
     with pytest.raises(ValueError, match="num_windows"):
         other.load_state_dict(a.state_dict())
+
+
+def test_too_little_data_for_one_global_batch_says_what_to_do():
+    src = np.arange(100, dtype=np.uint16)  # 3 windows of 33 tokens
+    with pytest.raises(SystemExit, match=r"train data holds 3 windows of 33 tokens, fewer than one "
+                                         r"global batch \(2 x 2 ranks\); prepare more data or"):
+        PretrainLoader(src, 2, 32, world_size=2)
+    with pytest.raises(SystemExit, match="3 windows .*; raise --builtin_docs or use a smaller"):
+        PretrainLoader(src, 4, 32, more_data="raise --builtin_docs")
+    assert PretrainLoader(src, 3, 32).num_windows == 3
 
 
 def test_builtin_corpus():

@@ -148,7 +148,7 @@ def test_bad_input_is_named(tmp_path):
     write_shard(tmp_path / "d" / "train_000000.bin", [1, 2, 3], 50258)
     with open(tmp_path / "d" / "train_000000.bin", "ab") as f:
         f.write(b"xx")
-    with pytest.raises(ValueError, match="train_000000.bin: corrupt token shard"):
+    with pytest.raises(SystemExit, match="train_000000.bin: corrupt token shard"):
         train(TrainConfig(**SMALL, data=str(tmp_path / "d"), out_dir=new))
     assert not os.path.exists(new)  # every refusal came before any work
 
@@ -222,10 +222,13 @@ def test_data_is_checked_before_the_first_step(tmp_path, capsys):
     val.write_text("Speak after you think.\n" * 2)  # 46 tokens: one window, not a batch of 4
     prepare([str(src)], tmp_path / "small_val", "byte", val_inputs=[str(val)], workers=1)
     out = tmp_path / "o"
-    with pytest.raises((ValueError, SystemExit), match="val data holds 1 windows"):
+    with pytest.raises(SystemExit, match="val data holds 1 windows"):
         train(TrainConfig(**SMALL, data=str(tmp_path / "small_val"), eval_interval=1000,
                           out_dir=str(out)))
     assert not (out / "metrics.jsonl").exists() and not (out / "ckpt.pt").exists()
+    # The built-in corpus grows with a flag, not by preparing data.
+    with pytest.raises(SystemExit, match="train data holds .*; raise --builtin_docs or use"):
+        train(TrainConfig(**{**SMALL, "builtin_docs": 1, "batch_size": 64}, out_dir=str(out)))
     # A validation shard that meta.json lists but that is gone: named at the start.
     prepare([str(src)], tmp_path / "lost_val", "byte", val_inputs=[str(val)], workers=1)
     (tmp_path / "lost_val" / "val_000000.bin").unlink()
