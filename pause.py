@@ -16,11 +16,13 @@ IGNORE = -1
 
 def _check_num_pauses(num_pauses):
     if not isinstance(num_pauses, int) or num_pauses < 0:
-        raise ValueError(f"num_pauses must be an integer >= 0 (0 means no pauses), got {num_pauses!r}")
+        raise ValueError("num_pauses must be an integer >= 0 (0 means no pauses), "
+                         f"got {num_pauses!r}")
 
 
 def _check_pause_id(pause_id, vocab_size=None):
-    if not isinstance(pause_id, int) or pause_id < 0 or (vocab_size is not None and pause_id >= vocab_size):
+    outside = vocab_size is not None and pause_id >= vocab_size
+    if not isinstance(pause_id, int) or pause_id < 0 or outside:
         allowed = f"0..{vocab_size - 1}" if vocab_size is not None else "a non-negative integer"
         raise ValueError(f"pause_id {pause_id!r} is outside the vocabulary; allowed: {allowed} "
                          "(get it from the tokenizer: get_tokenizer(name).pause_id)")
@@ -54,7 +56,8 @@ def insert_pauses(tokens, num_pauses, pause_id, generator=None):
     is_pause = torch.zeros(B, N + num_pauses, dtype=torch.bool, device=rows.device)
     is_pause.scatter_(1, chosen, True)
     is_pause = is_pause[:, :N]
-    # A real slot holds input token number (real slots so far - 1): the tokens shift right past pauses.
+    # A real slot holds input token number (real slots so far - 1): the tokens shift right past
+    # the pauses, and the last ones fall off the end.
     src = (~is_pause).cumsum(1).sub_(1)
     out = rows.gather(1, src.clamp_(min=0)).masked_fill_(is_pause, pause_id)
     return out.view_as(tokens)
@@ -90,15 +93,18 @@ def finetune_example(prefix, target, num_pauses, pause_id, where="append", block
     _check_pause_id(pause_id)
     target = torch.as_tensor(target, dtype=torch.long)
     if target.numel() == 0:
-        raise ValueError("the target (answer) is empty: finetuning needs at least one answer token")
+        raise ValueError("the target (answer) is empty: finetuning needs at least one answer "
+                         "token")
     prompt = append_pauses(prefix, num_pauses, pause_id, where)
     if prompt.numel() == 0:
-        raise ValueError("the prefix is empty and there are no pauses: nothing to predict the answer from")
+        raise ValueError("the prefix is empty and there are no pauses: nothing to predict the "
+                         "answer from")
     x = torch.cat([prompt, target[:-1]])
     if block_size is not None and x.numel() > block_size:
-        raise ValueError(f"prefix ({prompt.numel() - num_pauses}) + pauses ({num_pauses}) + target "
-                         f"({target.numel()}) needs {x.numel()} positions, more than the context of "
-                         f"{block_size}; shorten the prefix from the left or use fewer pauses")
+        raise ValueError(f"prefix ({prompt.numel() - num_pauses}) + pauses ({num_pauses}) + "
+                         f"target ({target.numel()}) needs {x.numel()} positions, more than the "
+                         f"context of {block_size}; shorten the prefix from the left or use fewer "
+                         "pauses")
     y = torch.full_like(x, IGNORE)
     y[prompt.numel() - 1:] = target  # the last prompt position (the last pause) predicts target[0]
     return x, y
