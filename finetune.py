@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
 
 import gpt2
@@ -73,11 +74,6 @@ class FinetuneConfig:
     overwrite: bool = False       # replace an earlier run's results.json and ckpt.pt in out_dir
 
 
-BUILTIN_SIZES = {"train": 4000, "test": 200}  # examples made for a built-in task by default
-LAMBADA = tasks.TASKS["lambada"]  # decoded for exactly the target's length, with no stop token
-LETTERS = "lm-evaluation-harness commonsense_qa (the letters A-E, scored)"  # --score_choices
-
-
 # -----------------------------------------------------------------------------------------------
 # Rows with pauses. The context is finite: when prompt + pauses + answer do not fit, the prompt is
 # cut from the left (its end, next to the question, matters most); pauses and answer never are.
@@ -90,34 +86,28 @@ def fit_prompt(prompt_ids, room, settings):
     return (prompt_ids[-room:], True) if len(prompt_ids) > room else (prompt_ids, False)
 
 
-def answer_ids(tok, task, text):
-    """The answer's tokens, then where decoding stops: <|endoftext|> after GSM8K's many-line
-    solutions, else a newline."""
-    return tok.encode(text) + ([tok.eot_id] if task.stop == "eot" else tok.encode("\n"))
+def answer_rows(prompt_ids, answers, m, delay_id, where, block_size, flag):
+    """pause.finetune_example's (x, y) for each answer after the prompt and M pauses (delay_id:
+    the pause, or a filler token), and whether the prompt was cut to fit the longest answer."""
+    longest = max(map(len, answers))
+    kept, cut = fit_prompt(prompt_ids, block_size - m - longest + 1,
+                           f"{flag} {m} and an answer of {longest} tokens")
+    return [pause.finetune_example(kept, a, m, delay_id, where, block_size) for a in answers], cut
 
 
 def training_rows(examples, task, tok, block_size, num_pauses, where):
-    """pause.finetune_example's (x, y) for every example, and how many prompts were cut."""
-    rows, cut = [], 0
-    for ex, prompt in zip(examples, tok.encode_batch([e["prompt"] for e in examples])):
-        target = answer_ids(tok, task, ex["target"])
-        prompt, was_cut = fit_prompt(prompt, block_size - num_pauses - len(target) + 1,
-                                     f"--num_pauses (M_ft) {num_pauses} and an answer of "
-                                     f"{len(target)} tokens")
-        cut += was_cut
-        rows.append(pause.finetune_example(prompt, target, num_pauses, tok.pause_id, where,
-                                           block_size))
-    return rows, cut
+    """The (x, y) row of every example with M_ft pauses, and how many prompts were cut."""
+    made = [answer_rows(prompt, [tasks.answer_ids(tok, task, ex["target"])], num_pauses,
+                        tok.pause_id, where, block_size, "--num_pauses (M_ft)")
+            for ex, prompt in zip(examples, tok.encode_batch([e["prompt"] for e in examples]))]
+    return [rows[0] for rows, _ in made], sum(cut for _, cut in made)
 
 
 def pad_rows(rows, pad_id):
     """Right-pad (x, y) rows into (B, T) tensors: x with any valid id, y with IGNORE (no loss)."""
-    T = max(len(x) for x, _ in rows)
-    X = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    Y = torch.full((len(rows), T), pause.IGNORE, dtype=torch.long)
-    for i, (x, y) in enumerate(rows):
-        X[i, :len(x)], Y[i, :len(y)] = x, y
-    return X, Y
+    xs, ys = zip(*rows)
+    return (pad_sequence(xs, batch_first=True, padding_value=pad_id),
+            pad_sequence(ys, batch_first=True, padding_value=pause.IGNORE))
 
 
 # -----------------------------------------------------------------------------------------------
@@ -130,28 +120,22 @@ def eval_inputs(examples, task, tok, block_size, m_inf, where, filler_id, max_ne
     rows (one per choice, or the gold answer for its loss) and, to decode, prefix and length."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     mine = range(rank, len(examples), world)
-    m = m_inf if filler_id is None else 0
-
-    def delay(ids):  # the filler baseline writes its tokens into the prefix, pause.py adds none
-        if filler_id is None:
-            return ids
-        return pause.append_pauses(ids, m_inf, filler_id, where).tolist()
+    delay_id = tok.pause_id if filler_id is None else filler_id  # pauses, or filler tokens
     inputs = []
     for i, prompt in zip(mine, tok.encode_batch([examples[i]["prompt"] for i in mine])):
         ex = examples[i]
         answers = ([tok.encode(c) for c in ex["choices"]] if by_choice
-                   else [answer_ids(tok, task, ex["target"])])
-        longest = max(map(len, answers))
-        kept, cut = fit_prompt(prompt, block_size - m_inf - longest + 1, f"--num_pauses_eval "
-                               f"(M_inf) {m_inf} and an answer of {longest} tokens")
-        inp = {"index": i, "cut": cut, "rows": [pause.finetune_example(
-            delay(kept), a, m, tok.pause_id, where) for a in answers]}
+                   else [tasks.answer_ids(tok, task, ex["target"])])
+        rows, cut = answer_rows(prompt, answers, m_inf, delay_id, where, block_size,
+                                "--num_pauses_eval (M_inf)")
+        inputs.append({"index": i, "cut": cut, "rows": rows})
         if not by_choice:  # decoding needs room for max_new tokens, not for the gold answer
-            kept, inp["cut"] = fit_prompt(prompt, block_size - m_inf - max_new, "--num_pauses_eval"
-                                          f" (M_inf) {m_inf} and --max_new_tokens {max_new}")
-            inp.update(prefix=delay(kept),
-                       n_new=len(tok.encode(ex["target"])) if task is LAMBADA else max_new)
-        inputs.append(inp)
+            kept, cut = fit_prompt(prompt, block_size - m_inf - max_new, "--num_pauses_eval "
+                                   f"(M_inf) {m_inf} and --max_new_tokens {max_new}")
+            if filler_id is not None:  # the filler baseline's tokens go into the prefix itself
+                kept = pause.append_pauses(kept, m_inf, filler_id, where).tolist()
+            n_new = len(tok.encode(ex["target"])) if task.stop == "length" else max_new
+            inputs[-1].update(cut=cut, prefix=kept, n_new=n_new)
     return inputs
 
 
@@ -174,26 +158,6 @@ def sum_logprobs(model, rows, pad_id, pause_id, batch_size, autocast):
     return out
 
 
-def decode(model, tok, task, inputs, num_pauses, where, batch_size, autocast, progress=False):
-    """Greedy pause-inference (pause.pause_generate) from every input's prefix, batch_size
-    prompts at once; each one's new tokens, in order."""
-    # Decoding stops at <|endoftext|>, and for one-line answers at any token holding a newline.
-    stop = set() if task is LAMBADA else {tok.eot_id} | (set() if task.stop == "eot" else {
-        i for i in range(tok.eot_id) if b"\n" in tok.enc.decode_single_token_bytes(i)})
-    # Prompts sorted by length share a batch, so little of it is left padding.
-    order = sorted(range(len(inputs)), key=lambda k: len(inputs[k]["prefix"]))
-    new = [None] * len(inputs)
-    for s in tqdm(range(0, len(order), batch_size), desc="decode", disable=not progress):
-        batch = order[s:s + batch_size]
-        with autocast:
-            out = pause.pause_generate(model, [inputs[k]["prefix"] for k in batch], num_pauses,
-                                       tok.pause_id, max(inputs[k]["n_new"] for k in batch),
-                                       where=where, stop_ids=stop)
-        for k, ids in zip(batch, out):  # a row that asked for fewer tokens keeps its own number
-            new[k] = ids[:inputs[k]["n_new"]]
-    return new
-
-
 def evaluate(model, tok, task, examples, inputs, num_pauses, where="append", batch_size=16,
              autocast=nullcontext(), progress=False):
     """Score every example of `inputs` (from eval_inputs; num_pauses is 0 for the filler
@@ -202,8 +166,18 @@ def evaluate(model, tok, task, examples, inputs, num_pauses, where="append", bat
     model.eval()
     logps = iter(sum_logprobs(model, [r for inp in inputs for r in inp["rows"]], tok.eot_id,
                               tok.pause_id, batch_size, autocast))
-    new = iter(decode(model, tok, task, [inp for inp in inputs if "prefix" in inp], num_pauses,
-                      where, batch_size, autocast, progress))
+    # Greedy pause-inference, batch_size prompts at once. Prompts sorted by length share a batch,
+    # so little of it is left padding.
+    todo = sorted((inp for inp in inputs if "prefix" in inp), key=lambda inp: len(inp["prefix"]))
+    new, stop = {}, tasks.stop_ids(tok, task)
+    for s in tqdm(range(0, len(todo), batch_size), desc="decode", disable=not progress):
+        batch = todo[s:s + batch_size]
+        with autocast:
+            out = pause.pause_generate(model, [inp["prefix"] for inp in batch], num_pauses,
+                                       tok.pause_id, max(inp["n_new"] for inp in batch),
+                                       where=where, stop_ids=stop)
+        for inp, ids in zip(batch, out):  # a row that asked for fewer tokens keeps its own number
+            new[inp["index"]] = ids[:inp["n_new"]]
     records = []
     for inp in inputs:
         ex, rec = examples[inp["index"]], {"index": inp["index"], "cut": inp["cut"]}
@@ -214,7 +188,7 @@ def evaluate(model, tok, task, examples, inputs, num_pauses, where="append", bat
             continue
         # The gold answer's loss in nats per token: a smooth measure that still separates
         # configurations when a small model gets few answers exactly right.
-        prediction = tok.decode(next(new))
+        prediction = tok.decode(new[inp["index"]])
         records.append({**rec, "prediction": prediction, "answers": ex["answers"],
                         "answer_nll": -next(logps),
                         "answer_tokens": int((inp["rows"][0][1] != pause.IGNORE).sum()),
@@ -235,30 +209,23 @@ def check_config(cfg):
               "max_steps": 0, "warmup_steps": 0, "num_pauses": 0, "num_pauses_eval": -1,
               "max_new_tokens": 0, "min_lr": 0, "grad_clip": 0, "weight_decay": 0, "n_train": -1,
               "n_eval": -1}
-    for flag, low in lowest.items():
-        if not getattr(cfg, flag) >= low:
-            raise SystemExit(f"--{flag} must be >= {low}, got {getattr(cfg, flag)}")
-    data_file = os.path.isfile(cfg.data)
     for wrong, message in [
+            *((not getattr(cfg, f) >= low, f"--{f} must be >= {low}, got {getattr(cfg, f)}")
+              for f, low in lowest.items()),  # NaN is >= nothing
             (not cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}"),
             (0 in (cfg.n_train, cfg.n_eval), "--n_train and --n_eval are -1 (the task's default) "
              "or >= 1, not 0"),
             (bool(cfg.ckpt) == bool(cfg.init_from), "give exactly one pretrained model: --ckpt (a "
              f"train.py checkpoint) or --init_from ({', '.join(gpt2.NAMES)} or a DIR)"),
-            (cfg.task in tasks.BUILTIN and (cfg.data or cfg.eval_data), "--data and --eval_data "
-             f"are for the real tasks; {cfg.task} is generated"),
-            (cfg.task in tasks.TASKS and not cfg.data, f"--task {cfg.task} needs --data DIR (after "
-             f"`python prepare.py task {cfg.task} --out DIR`), or --data FILE --eval_data FILE"),
-            # a model is never scored on its own training data
-            (data_file and not cfg.eval_data, f"--data {cfg.data} is a file, the training split: "
-             "give the evaluation split with --eval_data FILE"),
-            (data_file and os.path.isfile(cfg.eval_data) and os.path.samefile(
-                cfg.data, cfg.eval_data), f"--eval_data {cfg.eval_data} is the training file"),
             (cfg.score_choices and cfg.task != "commonsense_qa", "--score_choices is for "
              "commonsense_qa (piqa and hellaswag are always scored by likelihood)"),
             (os.path.isfile(cfg.out_dir), f"--out_dir {cfg.out_dir} is a file; name a directory")]:
         if wrong:
             raise SystemExit(message)
+    try:  # --data and --eval_data: files for a real task, never one file for both splits
+        tasks.check_data(cfg.task, cfg.data, cfg.eval_data)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     resolve_device(cfg.device)  # a GPU asked for on a machine without one is refused here
     held = [f for f in ("results.json", "ckpt.pt") if os.path.exists(os.path.join(cfg.out_dir, f))]
     if held and not cfg.overwrite:
@@ -284,18 +251,15 @@ def load_model(cfg, device):
 
 def load_examples(cfg, split):
     """(examples, whether they are the whole split). -1 is the task's default: the whole split
-    of a real task, BUILTIN_SIZES generated examples of a built-in one."""
+    of a real task, 4000 training or 200 evaluation examples made for a built-in one."""
     n = cfg.n_train if split == "train" else cfg.n_eval
-    n = BUILTIN_SIZES[split] if cfg.task in tasks.BUILTIN and n == -1 else n
+    n = {"train": 4000, "test": 200}[split] if cfg.task in tasks.BUILTIN and n == -1 else n
     path = cfg.eval_data if split == "test" and cfg.eval_data else cfg.data
     try:
         examples = tasks.load_task(cfg.task, path, split, n, seed=cfg.data_seed)
     except ValueError as e:
         raise SystemExit(f"--task {cfg.task}: {e}") from None
-    if cfg.score_choices:  # lm-evaluation-harness's commonsense_qa: the letters, trained and scored
-        examples = [{**e, "choices": e["choice_letters"], "target": e["choice_letters"][e["label"]]}
-                    for e in examples]
-    return examples, n == -1
+    return (tasks.as_letters(examples) if cfg.score_choices else examples), n == -1
 
 
 def finetune(cfg, env=None, progress=True):
@@ -309,7 +273,8 @@ def finetune(cfg, env=None, progress=True):
     if cfg.batch_size % world_size:
         raise SystemExit(f"--batch_size {cfg.batch_size} must be a multiple of the {world_size} "
                          "DDP ranks")
-    task, m_ft = tasks.get_task(cfg.task), cfg.num_pauses
+    task = tasks.CSQA_LETTERS if cfg.score_choices else tasks.get_task(cfg.task)
+    m_ft = cfg.num_pauses
     m_inf = m_ft if cfg.num_pauses_eval < 0 else cfg.num_pauses_eval
     torch.manual_seed(cfg.seed)
     model, tok, pause_frac = load_model(cfg, device)
@@ -317,17 +282,16 @@ def finetune(cfg, env=None, progress=True):
     if cfg.filler and len(filler) != 1:
         raise SystemExit(f"--filler {cfg.filler!r} must be one token of the {tok.name} "
                          f"tokenizer; it is {len(filler)}")
-    (train_examples, _), (eval_examples, whole_split) = (load_examples(cfg, split)
-                                                         for split in ("train", "test"))
+    train_examples, _ = load_examples(cfg, "train")
+    eval_examples, whole_split = load_examples(cfg, "test")
     rows, cut_train = training_rows(train_examples, task, tok, block_size, m_ft, cfg.where)
     # Decoding needs room for the answer: by default the longest training answer + 2 tokens.
     max_new = cfg.max_new_tokens or min(block_size // 4, 2 + max(
-        len(answer_ids(tok, task, e["target"])) for e in train_examples))
-    if task is LAMBADA:
+        len(tasks.answer_ids(tok, task, e["target"])) for e in train_examples))
+    if task.stop == "length":  # LAMBADA: exactly as many tokens as its target has
         max_new = max(len(tok.encode(e["target"])) for e in eval_examples)
     inputs = eval_inputs(eval_examples, task, tok, block_size, m_inf, cfg.where,
-                         filler[0] if cfg.filler else None, max_new,
-                         by_choice=task.scorer is None or cfg.score_choices)
+                         filler[0] if cfg.filler else None, max_new, task.scorer is None)
 
     # ---- pause-finetuning: AdamW on the loss of the answer tokens
     raw_model = model
@@ -348,7 +312,8 @@ def finetune(cfg, env=None, progress=True):
     gen = torch.Generator().manual_seed(cfg.seed)
     order, pos = torch.randperm(len(rows), generator=gen), 0
     model.train()
-    t0, loss_acc, steps_acc = time.time(), 0.0, 0
+    t0, steps_acc = time.time(), 0
+    loss_acc = torch.zeros(1, dtype=torch.float64, device=device)  # the losses since the last log
     for step in tqdm(range(cfg.max_steps), desc=name, disable=not (master and progress)):
         # an epoch is one pass over the rows in a random order; a fresh order when it runs out
         if pos + cfg.batch_size > len(order):
@@ -379,32 +344,29 @@ def finetune(cfg, env=None, progress=True):
         loss_acc, steps_acc = loss_acc + loss, steps_acc + 1
         if step % cfg.log_interval == 0 or step == cfg.max_steps - 1:
             if world_size > 1:  # the shares of all ranks add up to the global batch's loss
-                shared = torch.tensor([loss_acc], dtype=torch.float64, device=device)
-                dist.all_reduce(shared)
-                loss_acc = shared.item()
+                dist.all_reduce(loss_acc)
             if master:
-                append_jsonl({"step": step, "loss": loss_acc / steps_acc, "lr": lr,
+                append_jsonl({"step": step, "loss": loss_acc.item() / steps_acc, "lr": lr,
                               "time_s": round(time.time() - t0, 2)}, log_path)
-            loss_acc, steps_acc = 0.0, 0
+            loss_acc, steps_acc = torch.zeros_like(loss_acc), 0
 
     # ---- pause-inference, scored by the task's official metrics (means over examples, in %)
     records = evaluate(raw_model, tok, task, eval_examples, inputs, 0 if cfg.filler else m_inf,
                        cfg.where, cfg.eval_batch_size, autocast, master and progress)
     metrics = {k: 100.0 * sum(r["metrics"][k] for r in records) / len(records)
                for k in records[0]["metrics"]}
-    metric = task.metric if task.metric in metrics else "acc"  # commonsense_qa's letters: acc
     loss = (sum(r["answer_nll"] for r in records) / sum(r["answer_tokens"] for r in records)
             if "answer_nll" in records[0] else None)
     results = {"task": cfg.task, "config": name + (" (prepend)" if cfg.where == "prepend" else "")
                + (f" + filler {cfg.filler!r}" if cfg.filler else ""), "num_pauses": m_ft,
                "num_pauses_eval": m_inf, "where": cfg.where, "filler": cfg.filler,
-               "metric": metric, "value": metrics[metric], "metrics": metrics,
-               "source": LETTERS if cfg.score_choices else task.source, "answer_loss": loss,
-               "num_examples": len(records), "whole_split": whole_split, "seed": cfg.seed,
-               "data_seed": cfg.data_seed, "pause_frac": pause_frac, "ckpt": cfg.ckpt,
-               "init_from": cfg.init_from, "train_examples": len(rows), "steps": cfg.max_steps,
-               "truncated_train": cut_train, "truncated_eval": sum(r["cut"] for r in records),
-               "max_new_tokens": max_new, "finetune_time_s": round(time.time() - t0, 1)}
+               "metric": task.metric, "value": metrics[task.metric], "metrics": metrics,
+               "source": task.source, "answer_loss": loss, "num_examples": len(records),
+               "whole_split": whole_split, "seed": cfg.seed, "data_seed": cfg.data_seed,
+               "pause_frac": pause_frac, "ckpt": cfg.ckpt, "init_from": cfg.init_from,
+               "train_examples": len(rows), "steps": cfg.max_steps, "truncated_train": cut_train,
+               "truncated_eval": sum(r["cut"] for r in records), "max_new_tokens": max_new,
+               "finetune_time_s": round(time.time() - t0, 1)}
     if master:
         write_results(cfg, results, records, raw_model, tok)
     return raw_model, results

@@ -12,6 +12,7 @@ with pauses and evaluates them.
         commonsense_qa has both, and "choice_letters" (" A" ... " E") for scoring by letter
     score(task, prediction, golds) -> {metric: value in [0, 1]} for one generated answer
     choose(logprobs, choices)      -> {"acc": index, "acc_norm": index} for one scored example
+    answer_ids(tok, task, text), stop_ids(tok, task) -> an answer's tokens, and where decoding stops
 
 Task.metric is the main key of score's (or choose's) dict, Task.source the script it follows.
 """
@@ -24,7 +25,7 @@ import re
 import string
 import unicodedata
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from data import WORLD_TASKS, synthetic_task
 
@@ -312,7 +313,7 @@ def parse_coqa(records, path):
 # Hugging Face: {"question": str, "choices": {"label": [...], "text": [...]}, "answerKey"}.
 # As the paper does, the model decodes the answer text. Scored by likelihood instead (finetune.py
 # --score_choices), the continuations are the letters, as lm-evaluation-harness's commonsense_qa
-# does: choices -> example["choice_letters"] (" A" ... " E"), target -> choice_letters[label].
+# does: example["choice_letters"] (" A" ... " E"); see CSQA_LETTERS and as_letters.
 
 def score_commonsense_qa(prediction, golds):
     # The paper's exact match of the decoded answer; it names no script: SQuAD's normalization.
@@ -484,7 +485,7 @@ class Task:
     parse: object         # (records, path) -> examples
     metric: str           # the main key of score's dict (choose's for a choice task)
     files: tuple          # (train file names, evaluation file names) of the original release
-    stop: str = "newline"  # generation stops at a newline, or only at <|endoftext|> ("eot")
+    stop: str = "newline"  # at a newline; "eot": at <|endoftext|> only; "length": see answer_ids
     source: str = ""      # the official script the metric follows
     scorer: object = None  # (prediction, golds) -> dict; None: a choice task, scored by choose()
 
@@ -504,7 +505,7 @@ TASKS = {
     "piqa": Task(parse_piqa, "acc", (["train.jsonl"], ["valid.jsonl"]), source=LM_EVAL + "piqa"),
     "hellaswag": Task(parse_hellaswag, "acc", (["hellaswag_train.jsonl"], ["hellaswag_val.jsonl"]),
                       source=LM_EVAL + "hellaswag"),
-    "lambada": Task(parse_lambada, "acc", ([], ["lambada_test.jsonl"]),
+    "lambada": Task(parse_lambada, "acc", ([], ["lambada_test.jsonl"]), stop="length",
                     source=LM_EVAL + "lambada_openai", scorer=score_lambada),
     "webquestions": Task(parse_webquestions, "em", (["webquestions.examples.train.json"],
                                                     ["webquestions.examples.test.json"]),
@@ -514,10 +515,20 @@ TASKS = {
 }
 BUILTIN = {f"world:{name}": Task(None, "exact", ((), ()), source="exact string match",
                                  scorer=score_exact) for name in sorted(WORLD_TASKS)}
+# commonsense_qa scored by likelihood (finetune.py --score_choices), as lm-evaluation-harness's
+# commonsense_qa scores it: the continuations are the letters " A" ... " E", trained and scored.
+CSQA_LETTERS = replace(TASKS["commonsense_qa"], metric="acc", scorer=None,
+                       source=LM_EVAL + "commonsense_qa (the letters A-E, scored)")
 # Hugging Face's split names, tried after the original file names; an evaluation split prefers
 # validation/dev, since several tasks' test splits carry no labels.
 HF_SPLITS = (["train"], ["validation", "dev", "valid", "val", "test"])
 EXTENSIONS = ["", ".gz"], [".jsonl", ".json", ".jsonl.gz", ".json.gz"]
+
+
+def as_letters(examples):
+    """commonsense_qa's examples as CSQA_LETTERS takes them: the letters are choices and target."""
+    return [{**e, "choices": e["choice_letters"], "target": e["choice_letters"][e["label"]]}
+            for e in examples]
 
 
 def get_task(name):
@@ -563,6 +574,23 @@ def task_file(name, path, split):
                      + (hint if name == "lambada" else ""))
 
 
+def check_data(name, data, eval_data):
+    """A ValueError naming the flag when finetune.py's --data (a DIR, or the training FILE) and
+    --eval_data do not fit task `name`. A model is never scored on its own training data."""
+    data_file = os.path.isfile(data)
+    for wrong, message in [
+            (name in BUILTIN and (data or eval_data), "--data and --eval_data are for the real "
+             f"tasks; {name} is generated"),
+            (name in TASKS and not data, f"--task {name} needs --data DIR (after `python "
+             f"prepare.py task {name} --out DIR`), or --data FILE --eval_data FILE"),
+            (data_file and not eval_data, f"--data {data} is a file, the training split: give the "
+             "evaluation split with --eval_data FILE"),
+            (data_file and os.path.isfile(eval_data) and os.path.samefile(data, eval_data),
+             f"--eval_data {eval_data} is the training file")]:
+        if wrong:
+            raise ValueError(message)
+
+
 def load_task(name, path=None, split="test", n=-1, seed=0):
     """Examples of a task's split ('train' or 'test', where 'test' is the evaluation split:
     validation/dev where the test labels are not public). Real tasks read `path` (a file, or a
@@ -593,3 +621,24 @@ def load_task(name, path=None, split="test", n=-1, seed=0):
         examples = [examples[i] for i in keep]
     return examples
 
+
+# -----------------------------------------------------------------------------------------------
+# Answers in tokens. A training answer ends with the token where decoding stops, so finetuning
+# teaches the model to stop: <|endoftext|> after GSM8K's many-line solutions, else a newline.
+# LAMBADA's answers end in a newline too, but its decoding stops by length: as many tokens as the
+# target has, their text compared whole (lm-evaluation-harness's greedy check).
+
+def answer_ids(tok, task, text):
+    """The answer's tokens, then its stop token."""
+    return tok.encode(text) + ([tok.eot_id] if task.stop == "eot" else tok.encode("\n"))
+
+
+def stop_ids(tok, task):
+    """The ids that end decoding: <|endoftext|>, and for one-line answers every token that holds
+    a newline; none when decoding stops by length."""
+    if task.stop == "length":
+        return set()
+    if task.stop == "eot":
+        return {tok.eot_id}
+    return {tok.eot_id} | {i for i in range(tok.eot_id)
+                           if b"\n" in tok.enc.decode_single_token_bytes(i)}

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from tasks import (BUILTIN, TASK_FILES, TASKS, choose, get_task, load_task, normalize_answer, score,
-                   task_file)
+from data import get_tokenizer
+from tasks import (BUILTIN, CSQA_LETTERS, TASK_FILES, TASKS, answer_ids, as_letters, choose,
+                   get_task, load_task, normalize_answer, score, stop_ids, task_file)
 
 
 def write_jsonl(path, records, gz=False):
@@ -270,6 +271,9 @@ def test_commonsense_qa_original_and_flat(tmp_path):
     assert a[0]["answers"] == ["bank"] and a[0]["target"] == " bank"
     # scored by likelihood, the continuations are the letters, as lm-evaluation-harness's
     assert a[0]["choice_letters"] == [" A", " B", " C", " D", " E"]
+    letters = as_letters(a)[0]
+    assert letters == {**a[0], "choices": [" A", " B", " C", " D", " E"], "target": " A"}
+    assert (CSQA_LETTERS.metric, CSQA_LETTERS.scorer) == ("acc", None)  # scored by choose()
     with pytest.raises(ValueError, match="answerKey ''"):  # the test split has no labels
         load_task("commonsense_qa", write_jsonl(tmp_path / "t.jsonl", [{**flat, "answerKey": ""}]))
 
@@ -408,6 +412,17 @@ def test_builtin_tasks_train_and_test_never_overlap():
         assert not {e["prompt"] for e in train} & {e["prompt"] for e in test}
         assert load_task(name, None, "test", 50) == test
         assert all(e["answers"] == [e["target"]] for e in test)
+
+
+def test_answers_end_with_the_token_where_decoding_stops():
+    tok = get_tokenizer("byte")
+    assert answer_ids(tok, TASKS["squad"], " Paris") == list(b" Paris\n")
+    assert answer_ids(tok, TASKS["gsm8k"], " 2\n#### 2") == list(b" 2\n#### 2") + [tok.eot_id]
+    assert answer_ids(tok, TASKS["lambada"], " word") == list(b" word\n")
+    assert stop_ids(tok, TASKS["squad"]) == {ord("\n"), tok.eot_id}  # the one byte with a newline
+    assert stop_ids(tok, BUILTIN["world:add"]) == {ord("\n"), tok.eot_id}
+    assert stop_ids(tok, TASKS["gsm8k"]) == {tok.eot_id}  # solutions run over several lines
+    assert stop_ids(tok, TASKS["lambada"]) == set()  # LAMBADA stops by length
 
 
 # ----------------------------------------------------------------------------------------------
