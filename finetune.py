@@ -369,6 +369,8 @@ def finetune(cfg, env=None, progress=True):
                "finetune_time_s": round(time.time() - t0, 1)}
     if master:
         write_results(cfg, results, records, raw_model, tok)
+    if world_size > 1:
+        dist.barrier()  # every rank returns only once rank 0's files are on disk
     return raw_model, results
 
 
