@@ -299,6 +299,25 @@ def load_checkpoint(path, device="cpu"):
     return model.to(device), get_tokenizer(ckpt["tokenizer"]), ckpt
 
 
+def load_model(ckpt_path, init_from, device="cpu"):
+    """(model, tokenizer, pause_frac) to finetune or sample from: a checkpoint of train.py or
+    finetune.py (StdPT or PausePT by its pause_frac), or GPT-2's weights (a StdPT model)."""
+    from data import get_tokenizer  # data and gpt2 import this module
+    import gpt2
+    if init_from:
+        tok = get_tokenizer("gpt2")  # GPT-2's vocabulary and <|pause|>, whose row gpt2.py adds
+        return gpt2.from_pretrained(init_from, tok.vocab_size).to(device), tok, 0.0
+    try:  # a foreign file is refused, saying what it holds and what a checkpoint holds
+        model, tok, ckpt = load_checkpoint(ckpt_path, device)
+    except SystemExit as e:
+        raise SystemExit(f"--ckpt: {e}") from None
+    if ckpt.get("pause_id") is None or tok.pause_id >= model.config.vocab_size:
+        raise SystemExit(f"--ckpt {ckpt_path}: the model's vocabulary ({model.config.vocab_size} "
+                         f"ids) has no pause token (the {tok.name} tokenizer's <|pause|> is id "
+                         f"{tok.pause_id}); train.py's vocabulary has it")
+    return model, tok, ckpt.get("pause_frac", 0.0)
+
+
 # -----------------------------------------------------------------------------------------------
 # A train.py run: its out_dir, checked before any work and readied once it starts, and what the
 # weights it starts from fix: the model's shape (GPT-2's for --init_from, the checkpoint's for

@@ -29,10 +29,8 @@ from tqdm import tqdm
 import gpt2
 import pause
 import tasks
-from common import (append_jsonl, atomic_write, cleanup_ddp, config_parser, json_safe,
-                    load_checkpoint, lr_at, resolve_device, resolve_dtype, save_checkpoint,
-                    setup_ddp, write_json)
-from data import get_tokenizer
+from common import (append_jsonl, atomic_write, cleanup_ddp, config_parser, json_safe, load_model,
+                    lr_at, resolve_device, resolve_dtype, save_checkpoint, setup_ddp, write_json)
 
 
 @dataclass
@@ -233,22 +231,6 @@ def check_config(cfg):
                          "earlier run; give another --out_dir, or --overwrite to replace them")
 
 
-def load_model(cfg, device):
-    """(model, tokenizer, pause_frac): train.py's checkpoint, or GPT-2's weights (StdPT)."""
-    if cfg.init_from:
-        tok = get_tokenizer("gpt2")  # GPT-2's vocabulary and <|pause|>, whose row gpt2.py adds
-        return gpt2.from_pretrained(cfg.init_from, tok.vocab_size).to(device), tok, 0.0
-    try:  # a foreign file is refused, saying what it holds and what a checkpoint holds
-        model, tok, ckpt = load_checkpoint(cfg.ckpt, device)
-    except SystemExit as e:
-        raise SystemExit(f"--ckpt: {e}") from None
-    if ckpt.get("pause_id") is None or tok.pause_id >= model.config.vocab_size:
-        raise SystemExit(f"--ckpt {cfg.ckpt}: the model's vocabulary ({model.config.vocab_size} "
-                         f"ids) has no pause token (the {tok.name} tokenizer's <|pause|> is id "
-                         f"{tok.pause_id}); finetune.py needs train.py's vocabulary, which has it")
-    return model, tok, ckpt.get("pause_frac", 0.0)
-
-
 def load_examples(cfg, split):
     """(examples, whether they are the whole split). -1 is the task's default: the whole split
     of a real task, 4000 training or 200 evaluation examples made for a built-in one."""
@@ -277,7 +259,7 @@ def finetune(cfg, env=None, progress=True):
     m_ft = cfg.num_pauses
     m_inf = m_ft if cfg.num_pauses_eval < 0 else cfg.num_pauses_eval
     torch.manual_seed(cfg.seed)
-    model, tok, pause_frac = load_model(cfg, device)
+    model, tok, pause_frac = load_model(cfg.ckpt, cfg.init_from, device)
     block_size, filler = model.config.block_size, tok.encode(cfg.filler)
     if cfg.filler and len(filler) != 1:
         raise SystemExit(f"--filler {cfg.filler!r} must be one token of the {tok.name} "
@@ -374,22 +356,20 @@ def finetune(cfg, env=None, progress=True):
     return raw_model, results
 
 
-def write_results(cfg, results, records, model, tok):
-    """results.json, predictions.jsonl, the eval line of metrics.jsonl; ckpt.pt with --save."""
-    append_jsonl({"eval": results}, os.path.join(cfg.out_dir, "metrics.jsonl"))
+def write_results(cfg, r, records, model, tok):
+    """results.json (r), predictions.jsonl, the eval line of metrics.jsonl; ckpt.pt with --save."""
+    append_jsonl({"eval": r}, os.path.join(cfg.out_dir, "metrics.jsonl"))
     atomic_write(os.path.join(cfg.out_dir, "predictions.jsonl"), lambda f: f.writelines(
         json.dumps(json_safe(r), ensure_ascii=False) + "\n" for r in records), mode="w")
-    write_json(results, os.path.join(cfg.out_dir, "results.json"))
+    write_json(r, os.path.join(cfg.out_dir, "results.json"))
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     if cfg.save:
         save_checkpoint({"model": model.state_dict(), "model_config": asdict(model.config),
-                         "tokenizer": tok.name, "pause_id": tok.pause_id,
-                         "pause_frac": results["pause_frac"], "finetune_config": asdict(cfg)},
-                        ckpt_path)
+                         "tokenizer": tok.name, "pause_id": tok.pause_id, "pause_frac":
+                         r["pause_frac"], "finetune_config": asdict(cfg)}, ckpt_path)
     elif os.path.exists(ckpt_path):  # --overwrite: an earlier run's model is not this one's
         os.remove(ckpt_path)
         print(f"removed {ckpt_path}, the earlier run's (--overwrite without --save)")
-    r = results
     subset = ("the whole split" if r["whole_split"] else "generated" if cfg.task in tasks.BUILTIN
               else f"a random subset, --data_seed {cfg.data_seed}")
     others = "".join(f", {k} {v:.1f}%" for k, v in r["metrics"].items() if k != r["metric"])
@@ -400,10 +380,9 @@ def write_results(cfg, results, records, model, tok):
 
 
 def parse_args(argv=None):
-    parser = config_parser(FinetuneConfig, __doc__, choices={
-        "task": [*tasks.TASKS, *tasks.BUILTIN], "where": ["append", "prepend"],
-        "dtype": ["auto", "float32", "bfloat16"]})
-    return FinetuneConfig(**vars(parser.parse_args(argv)))
+    choices = {"task": [*tasks.TASKS, *tasks.BUILTIN], "where": ["append", "prepend"],
+               "dtype": ["auto", "float32", "bfloat16"]}
+    return FinetuneConfig(**vars(config_parser(FinetuneConfig, __doc__, choices).parse_args(argv)))
 
 
 def main(argv=None):

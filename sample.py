@@ -12,10 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-import gpt2
 import pause
-from common import config_parser, load_checkpoint, resolve_device
-from data import get_tokenizer
+from common import config_parser, load_model, resolve_device
 
 
 @dataclass
@@ -45,22 +43,14 @@ def check(cfg):
         raise SystemExit("--prompt is empty and --num_pauses is 0: nothing to continue from")
 
 
-def load(cfg, device):
-    """(model, tokenizer, what was loaded) for --ckpt or --init_from."""
-    if cfg.init_from:
-        tok = get_tokenizer("gpt2")  # GPT-2's vocabulary plus <|pause|> = 50257
-        return gpt2.from_pretrained(cfg.init_from, tok.vocab_size), tok, cfg.init_from
-    path = cfg.ckpt or "out/ckpt.pt"
-    model, tok, _ = load_checkpoint(path, device)
-    return model, tok, path
-
-
 def main(argv=None):
     parser = config_parser(SampleConfig, __doc__)
     cfg = SampleConfig(**vars(parser.parse_args(argv)))
     check(cfg)
     device = resolve_device(cfg.device)
-    model, tok, source = load(cfg, device)
+    path = cfg.ckpt or "out/ckpt.pt"  # the default out_dir of train.py
+    model, tok, _ = load_model(path, cfg.init_from, device)
+    source = cfg.init_from or path
     model.to(device).eval()
     prompt = tok.encode(cfg.prompt)
     need = len(prompt) + cfg.num_pauses + cfg.max_new_tokens

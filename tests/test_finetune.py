@@ -14,6 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+import common
 import finetune
 import gpt2
 import tasks
@@ -329,7 +330,7 @@ def test_checkpoint_without_a_pause_token_is_refused(tmp_path):
     # bytes + <|endoftext|>, no <|pause|>
     ckpt = save_tiny_ckpt(tmp_path / "nopause.pt", vocab_size=257)
     with pytest.raises(SystemExit, match="has no pause token"):
-        finetune.load_model(FinetuneConfig(ckpt=ckpt), "cpu")
+        common.load_model(ckpt, "", "cpu")
 
 
 # ----------------------------------------------------------------------------------------------
