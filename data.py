@@ -264,15 +264,15 @@ def _seed(*words):
 
 
 class PretrainLoader:
-    """source: a prepared directory (its `split` shards) or an array of tokens. pause_frac > 0 turns
-    on pause-pretraining, M_pt = pause_frac x block_size. more_data: the advice if data is short."""
+    """source: a prepared directory (its `split` shards; meta: its data_meta() if already checked)
+    or an array of tokens. pause_frac > 0 turns on pause-pretraining, M_pt = pause_frac x T."""
 
     def __init__(self, source, batch_size, block_size, pause_frac=0.0, pause_id=None, rank=0,
-                 world_size=1, seed=0, split="train", more_data="prepare more data"):
+                 world_size=1, seed=0, split="train", more_data="prepare more data", meta=None):
         if isinstance(source, np.ndarray):
             self.shards = [source]
         else:
-            meta = data_meta(source)  # checks the shards' vocabulary against the tokenizer's
+            meta = meta or data_meta(source)  # checks the shards' vocabulary and headers
             self.shards = [load_shard(shard_path(source, split, i))
                            for i in range(len(meta[f"{split}_shards"]))]
         self.B, self.T, self.rank, self.world_size = batch_size, block_size, rank, world_size

@@ -94,11 +94,11 @@ def hf_config(init_from, cache_dir="data_cache/gpt2"):
                 gelu=ACTIVATIONS[act])
 
 
-def from_pretrained(init_from, vocab_size, cache_dir="data_cache/gpt2"):
+def from_pretrained(init_from, vocab_size, cache_dir="data_cache/gpt2", dropout=0.0):
     """model.py's GPT with the weights of init_from (a name of NAMES or a DIR in the Hugging Face
     GPT-2 layout), for a tokenizer of vocab_size ids (50258 for gpt2: GPT-2's 50257 + <|pause|>)."""
     folder = _folder(init_from, cache_dir)
-    config = GPTConfig(vocab_size=vocab_size, **hf_config(str(folder)))
+    config = GPTConfig(vocab_size=vocab_size, dropout=dropout, **hf_config(str(folder)))
     path = folder / "pytorch_model.bin"
     sd = torch.load(path, map_location="cpu", weights_only=True)
     # Files saved by transformers prefix every name with "transformer."; the hub's own files do not,

@@ -150,6 +150,7 @@ def train(cfg: TrainConfig) -> str:
     # else GPT-2's with --init_from (the weights know no other), else bytes.
     ckpt = read_checkpoint(ckpt_path, device, "pretraining") if cfg.resume else None
     tok_name = ckpt["tokenizer"] if ckpt else "gpt2" if cfg.init_from else "byte"
+    meta = None
     if cfg.data:
         meta = data_meta(cfg.data)  # checks every shard it lists, and their vocabulary
         tok_name = meta["tokenizer"]
@@ -178,12 +179,12 @@ def train(cfg: TrainConfig) -> str:
     B = cfg.batch_size
     more_data = "prepare more data" if cfg.data else "raise --builtin_docs"  # if a split is short
     loader = PretrainLoader(train_src, B, T, cfg.pause_frac, tok.pause_id, rank, world_size,
-                            cfg.seed, more_data=more_data)
+                            cfg.seed, more_data=more_data, meta=meta)
     # Validation always reads from the start of its split; with pauses, val_loss is the PausePT
     # objective and val_loss_nopause the same text without pauses.
     evals = [("val_loss", cfg.pause_frac)] + ([("val_loss_nopause", 0.0)] if cfg.pause_frac else [])
     val_loaders = {key: PretrainLoader(val_src, B, T, frac, tok.pause_id, rank, world_size, seed=0,
-                                       split="val", more_data=more_data)
+                                       split="val", more_data=more_data, meta=meta)
                    for key, frac in evals if val_src is not None}
 
     # ---- batch arithmetic: total_batch_tokens = batch_size x block_size x world_size x grad_accum
@@ -200,10 +201,9 @@ def train(cfg: TrainConfig) -> str:
 
     # ---- the model: random weights from the seed, or GPT-2's; then a checkpoint's on --resume
     torch.manual_seed(cfg.seed + rank)
-    model = GPT(model_config)
-    if cfg.init_from:
-        model.load_state_dict(gpt2.from_pretrained(cfg.init_from, tok.vocab_size).state_dict())
-    model.to(device)
+    model = (gpt2.from_pretrained(cfg.init_from, tok.vocab_size, dropout=cfg.dropout)
+             if cfg.init_from else GPT(model_config)).to(device)
+    assert model.config == model_config  # the shape model_config_of checked the flags against
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr, (0.9, cfg.beta2), device_type)
     step, tokens_seen, real_tokens_seen = 0, 0, 0
     if cfg.resume:
