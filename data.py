@@ -4,7 +4,7 @@ Data, from text to batches:
     the built-in world  an offline corpus and synthetic tasks: `python train.py` needs no download
     token shards        uint16 files with a checked header, written by `python prepare.py prepare`
     PretrainLoader      shards -> (x, y) batches, disjoint across DDP ranks, resumable, with the
-                        paper's pause-pretraining applied (pause_pretrain_batch, from pause.py)
+                        paper's pause-pretraining applied (pause.pause_pretrain_batch)
 """
 import functools
 import json
@@ -17,7 +17,7 @@ import tiktoken
 import torch
 
 import pause
-from common import atomic_write
+from tools.common import UserError, atomic_write
 
 PAUSE, EOT = "<|pause|>", "<|endoftext|>"
 TOKENIZERS = ("gpt2", "byte")  # the names get_tokenizer knows
@@ -174,22 +174,22 @@ def load_shard(path, vocab_size=None):
     come from a tokenizer with that many ids); returns a read-only uint16 array."""
     path, size = str(path), Path(path).stat().st_size
     if size < HEADER_INTS * 4:
-        raise SystemExit(f"{path}: corrupt token shard ({size} bytes, shorter than the header); "
+        raise UserError(f"{path}: corrupt token shard ({size} bytes, shorter than the header); "
                          f"delete it and {PREPARE_HINT}")
     header = np.fromfile(path, dtype=np.int32, count=HEADER_INTS)
     if header[0] != SHARD_MAGIC:
-        raise SystemExit(f"{path}: not a token shard (bad magic number {header[0]}); "
+        raise UserError(f"{path}: not a token shard (bad magic number {header[0]}); "
                          "make shards with `python prepare.py prepare`")
     if header[1] != SHARD_VERSION:
-        raise SystemExit(f"{path}: shard version {header[1]}, this code reads version "
+        raise UserError(f"{path}: shard version {header[1]}, this code reads version "
                          f"{SHARD_VERSION}; {PREPARE_HINT}")
     expected = HEADER_INTS * 4 + 2 * int(header[2])
     if size != expected:
-        raise SystemExit(f"{path}: corrupt token shard: the header promises {header[2]} tokens "
+        raise UserError(f"{path}: corrupt token shard: the header promises {header[2]} tokens "
                          f"({expected} bytes) but the file has {size} bytes; {PREPARE_HINT}")
     if vocab_size is not None and header[3] != vocab_size:
         # Ids of another tokenizer would train silently on wrong tokens (or index past the table).
-        raise SystemExit(f"{path}: its tokens come from a vocabulary of {header[3]} ids, but the "
+        raise UserError(f"{path}: its tokens come from a vocabulary of {header[3]} ids, but the "
                          f"tokenizer has {vocab_size}; {PREPARE_HINT} with the right --tokenizer")
     return np.memmap(path, dtype=np.uint16, mode="r", offset=HEADER_INTS * 4,
                      shape=(int(header[2]),))
@@ -206,7 +206,7 @@ def data_meta(data_dir):
     of bad data now, not at its first evaluation."""
     path = Path(data_dir) / "meta.json"
     if not path.is_file():
-        raise SystemExit(f"{data_dir} holds no prepared data ({path} is missing); prepare it with "
+        raise UserError(f"{data_dir} holds no prepared data ({path} is missing); prepare it with "
                          "`python prepare.py prepare --input FILES --out DIR` (or `python "
                          "prepare.py c4 --shards N --out DIR`), or leave out --data for the "
                          "built-in corpus")
@@ -217,7 +217,7 @@ def data_meta(data_dir):
         if not listed["train"]:
             raise ValueError("no train shards")
     except (ValueError, KeyError, TypeError) as e:
-        raise SystemExit(f"{path} is not a meta.json written by prepare ({e!r}); {PREPARE_HINT}")
+        raise UserError(f"{path} is not a meta.json written by prepare ({e!r}); {PREPARE_HINT}")
     for split, counts in listed.items():
         want = {shard_path(data_dir, split, i): n for i, n in enumerate(counts)}
         have = {p: len(load_shard(p, vocab_size)) for p in Path(data_dir).glob(f"{split}_*.bin")}
@@ -226,27 +226,8 @@ def data_meta(data_dir):
             what = (f"is missing, though {path} lists it" if p not in have
                     else f"is not listed in {path}" if p not in want
                     else f"holds {have[p]:,} tokens where {path} says {want[p]:,}")
-            raise SystemExit(f"{p} {what}; {PREPARE_HINT}")
+            raise UserError(f"{p} {what}; {PREPARE_HINT}")
     return meta
-
-
-# -----------------------------------------------------------------------------------------------
-# Pause-pretraining, one batch at a time (paper Sec. 3.1).
-
-def pause_pretrain_batch(windows, num_pauses, pause_id, generator=None):
-    """Paper Sec. 3.1, pause-pretraining: inputs x and targets y from windows of real tokens, with
-    num_pauses (M_pt) pauses inserted at uniformly random places of each window.
-
-    windows: (B, T + 1) long tensor of real tokens. The pauses go into the whole window before it
-    is shifted (pause.insert_pauses keeps T + 1 tokens), so a pause can be an input and a target;
-    a pause target carries no loss (S_ignore, pause.pause_targets), since where random pauses fall
-    cannot be predicted. num_pauses 0 gives the plain shift x = windows[:, :-1], y = windows[:, 1:].
-    Returns (x, y), two contiguous (B, T) long tensors.
-    """
-    if num_pauses == 0:
-        return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
-    w = pause.insert_pauses(windows, num_pauses, pause_id, generator=generator)
-    return w[:, :-1].contiguous(), pause.pause_targets(w[:, 1:], pause_id).contiguous()
 
 
 # -----------------------------------------------------------------------------------------------
@@ -283,7 +264,7 @@ class PretrainLoader:
         self.windows = np.array([max(0, (len(s) - 1) // block_size) for s in self.shards], np.int64)
         self.num_windows = int(self.windows.sum())
         if self.num_windows < batch_size * world_size:
-            raise SystemExit(f"the {split} data holds {self.num_windows} windows of "
+            raise UserError(f"the {split} data holds {self.num_windows} windows of "
                              f"{block_size + 1} tokens, fewer than one global batch ({batch_size} "
                              f"x {world_size} ranks); {more_data} or use a smaller "
                              "--batch_size / --block_size")
@@ -319,7 +300,7 @@ class PretrainLoader:
         # the pause positions depend only on which windows these are
         g = (torch.Generator().manual_seed(_seed(self.seed, self.epoch, first // self.B, 7))
              if self.num_pauses else None)
-        x, y = pause_pretrain_batch(torch.from_numpy(w), self.num_pauses, self.pause_id, g)
+        x, y = pause.pause_pretrain_batch(torch.from_numpy(w), self.num_pauses, self.pause_id, g)
         n_pause = int((x == self.pause_id).sum()) if self.num_pauses else 0
         self.pause_tokens += n_pause
         self.real_tokens += x.numel() - n_pause

@@ -26,11 +26,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
 
-import gpt2
 import pause
 import tasks
-from common import (append_jsonl, atomic_write, cleanup_ddp, config_parser, json_safe, load_model,
-                    lr_at, resolve_device, resolve_dtype, save_checkpoint, setup_ddp, write_json)
+from tools import gpt2
+from tools.checkpoint import load_model, save_checkpoint
+from tools.common import (UserError, append_jsonl, atomic_write, cleanup_ddp, config_parser,
+                          json_safe, lr_at, resolve_device, resolve_dtype, setup_ddp, write_json)
 
 
 @dataclass
@@ -79,7 +80,7 @@ class FinetuneConfig:
 def fit_prompt(prompt_ids, room, settings):
     """(the last `room` tokens of the prompt, whether any were cut); `settings` take the rest."""
     if room < 1:
-        raise SystemExit(f"{settings} leave no room for the prompt in the context; use fewer "
+        raise UserError(f"{settings} leave no room for the prompt in the context; use fewer "
                          "pauses, a shorter answer, or a model with a longer context")
     return (prompt_ids[-room:], True) if len(prompt_ids) > room else (prompt_ids, False)
 
@@ -219,15 +220,15 @@ def check_config(cfg):
              "commonsense_qa (piqa and hellaswag are always scored by likelihood)"),
             (os.path.isfile(cfg.out_dir), f"--out_dir {cfg.out_dir} is a file; name a directory")]:
         if wrong:
-            raise SystemExit(message)
+            raise UserError(message)
     try:  # --data and --eval_data: files for a real task, never one file for both splits
         tasks.check_data(cfg.task, cfg.data, cfg.eval_data)
     except ValueError as e:
-        raise SystemExit(str(e)) from None
+        raise UserError(str(e)) from None
     resolve_device(cfg.device)  # a GPU asked for on a machine without one is refused here
     held = [f for f in ("results.json", "ckpt.pt") if os.path.exists(os.path.join(cfg.out_dir, f))]
     if held and not cfg.overwrite:
-        raise SystemExit(f"--out_dir {cfg.out_dir} already holds {' and '.join(held)} of an "
+        raise UserError(f"--out_dir {cfg.out_dir} already holds {' and '.join(held)} of an "
                          "earlier run; give another --out_dir, or --overwrite to replace them")
 
 
@@ -240,7 +241,7 @@ def load_examples(cfg, split):
     try:
         examples = tasks.load_task(cfg.task, path, split, n, seed=cfg.data_seed)
     except ValueError as e:
-        raise SystemExit(f"--task {cfg.task}: {e}") from None
+        raise UserError(f"--task {cfg.task}: {e}") from None
     return (tasks.as_letters(examples) if cfg.score_choices else examples), n == -1
 
 
@@ -253,7 +254,7 @@ def finetune(cfg, env=None, progress=True):
     master, device_type = rank == 0, torch.device(device).type
     _, autocast = resolve_dtype(cfg.dtype, device)
     if cfg.batch_size % world_size:
-        raise SystemExit(f"--batch_size {cfg.batch_size} must be a multiple of the {world_size} "
+        raise UserError(f"--batch_size {cfg.batch_size} must be a multiple of the {world_size} "
                          "DDP ranks")
     task = tasks.CSQA_LETTERS if cfg.score_choices else tasks.get_task(cfg.task)
     m_ft = cfg.num_pauses
@@ -262,7 +263,7 @@ def finetune(cfg, env=None, progress=True):
     model, tok, pause_frac = load_model(cfg.ckpt, cfg.init_from, device)
     block_size, filler = model.config.block_size, tok.encode(cfg.filler)
     if cfg.filler and len(filler) != 1:
-        raise SystemExit(f"--filler {cfg.filler!r} must be one token of the {tok.name} "
+        raise UserError(f"--filler {cfg.filler!r} must be one token of the {tok.name} "
                          f"tokenizer; it is {len(filler)}")
     train_examples, _ = load_examples(cfg, "train")
     eval_examples, whole_split = load_examples(cfg, "test")
@@ -318,7 +319,7 @@ def finetune(cfg, env=None, progress=True):
         norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip or math.inf)
         loss = loss_sum.item() / n_tokens  # this rank's share of the global batch's loss
         if not math.isfinite(loss + norm.item()):
-            raise SystemExit(f"step {step}: the loss ({loss:.4g}) or its gradient is not finite; "
+            raise UserError(f"step {step}: the loss ({loss:.4g}) or its gradient is not finite; "
                              "stopped before the update, nothing saved. The likely cause is a "
                              f"learning rate too high for this model: lower --lr {cfg.lr}")
         optimizer.step()
@@ -387,10 +388,15 @@ def parse_args(argv=None):
 
 def main(argv=None):
     cfg = parse_args(argv)
-    check_config(cfg)  # before any DDP process group is set up
+    try:
+        check_config(cfg)  # before any DDP process group is set up
+    except UserError as e:
+        raise SystemExit(f"finetune.py: error: {e}")
     rank, _, world_size, device = setup_ddp(cfg.device)
     try:
         finetune(cfg, (rank, world_size, device))
+    except UserError as e:  # a flag or file refused: one line that names it, no traceback
+        raise SystemExit(f"finetune.py: error: {e}")
     finally:
         cleanup_ddp()
 

@@ -69,6 +69,22 @@ def pause_targets(targets, pause_id):
     return targets.masked_fill(targets == pause_id, IGNORE)
 
 
+def pause_pretrain_batch(windows, num_pauses, pause_id, generator=None):
+    """Paper Sec. 3.1, pause-pretraining: inputs x and targets y from windows of real tokens, with
+    num_pauses (M_pt) pauses inserted at uniformly random places of each window.
+
+    windows: (B, T + 1) long tensor of real tokens. The pauses go into the whole window before it
+    is shifted (insert_pauses keeps T + 1 tokens), so a pause can be an input and a target;
+    a pause target carries no loss (S_ignore, pause_targets), since where random pauses fall
+    cannot be predicted. num_pauses 0 gives the plain shift x = windows[:, :-1], y = windows[:, 1:].
+    Returns (x, y), two contiguous (B, T) long tensors.
+    """
+    if num_pauses == 0:
+        return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
+    w = insert_pauses(windows, num_pauses, pause_id, generator=generator)
+    return w[:, :-1].contiguous(), pause_targets(w[:, 1:], pause_id).contiguous()
+
+
 def append_pauses(prefix, num_pauses, pause_id, where="append"):
     """The prompt followed by M pauses (or preceded by them: the paper's 'prepend' ablation).
     Also used with a filler id such as '.' for the paper's filler baseline."""

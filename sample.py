@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 
 import pause
-from common import config_parser, load_model, resolve_device
+from tools.checkpoint import load_model
+from tools.common import UserError, config_parser, resolve_device
 
 
 @dataclass
@@ -34,16 +35,23 @@ def check(cfg):
     """Refuse bad flags before any work, naming the flag."""
     for name, low in (("num_pauses", 0), ("num_samples", 1), ("max_new_tokens", 1), ("top_k", 0)):
         if getattr(cfg, name) < low:
-            raise SystemExit(f"--{name} must be >= {low}, got {getattr(cfg, name)}")
+            raise UserError(f"--{name} must be >= {low}, got {getattr(cfg, name)}")
     if cfg.temperature < 0:
-        raise SystemExit(f"--temperature must be >= 0 (0: greedy), got {cfg.temperature}")
+        raise UserError(f"--temperature must be >= 0 (0: greedy), got {cfg.temperature}")
     if cfg.ckpt and cfg.init_from:
-        raise SystemExit("give --ckpt or --init_from, not both")
+        raise UserError("give --ckpt or --init_from, not both")
     if not cfg.prompt and not cfg.num_pauses:
-        raise SystemExit("--prompt is empty and --num_pauses is 0: nothing to continue from")
+        raise UserError("--prompt is empty and --num_pauses is 0: nothing to continue from")
 
 
 def main(argv=None):
+    try:
+        return sample(argv)
+    except UserError as e:  # a flag or file refused: one line that names it, no traceback
+        raise SystemExit(f"sample.py: error: {e}")
+
+
+def sample(argv=None):
     parser = config_parser(SampleConfig, __doc__)
     cfg = SampleConfig(**vars(parser.parse_args(argv)))
     check(cfg)
@@ -55,7 +63,7 @@ def main(argv=None):
     prompt = tok.encode(cfg.prompt)
     need = len(prompt) + cfg.num_pauses + cfg.max_new_tokens
     if need > model.config.block_size:
-        raise SystemExit(f"--prompt is {len(prompt)} tokens; with --num_pauses {cfg.num_pauses} "
+        raise UserError(f"--prompt is {len(prompt)} tokens; with --num_pauses {cfg.num_pauses} "
                          f"and --max_new_tokens {cfg.max_new_tokens} it needs {need} positions, "
                          f"more than the context of {model.config.block_size} of {source}")
     torch.manual_seed(cfg.seed)

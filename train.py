@@ -12,6 +12,8 @@ loss skips the targets that are pauses. Everything else is ordinary nanoGPT-styl
 linear warmup and cosine decay, gradient accumulation, DDP, bf16 autocast, and checkpoints that
 are written atomically and resume exactly.
 """
+import glob
+import json
 import math
 import os
 import time
@@ -23,12 +25,13 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-import gpt2
-from common import (append_jsonl, check_out_dir, check_ranges, check_resume, cleanup_ddp,
-                    config_parser, lr_at, model_config_of, peak_flops_of, read_checkpoint,
-                    resolve_device, resolve_dtype, save_checkpoint, setup_ddp, start_run_dir)
 from data import PretrainLoader, builtin_tokens, data_meta, get_tokenizer, to_device
-from model import GPT, PRESETS
+from model import GPT, GPTConfig, PRESETS, config_from_preset
+from tools import gpt2
+from tools.checkpoint import read_checkpoint, save_checkpoint
+from tools.common import (UserError, append_jsonl, atomic_write, check_ranges, cleanup_ddp,
+                          config_parser, lr_at, peak_flops_of, read_jsonl, resolve_device,
+                          resolve_dtype, setup_ddp)
 
 
 @dataclass
@@ -75,12 +78,91 @@ class TrainConfig:
 
 
 # -----------------------------------------------------------------------------------------------
+# A train.py run: its out_dir, checked before any work and readied once it starts, and what the
+# weights it starts from fix: the model's shape (GPT-2's for --init_from, the checkpoint's for
+# --resume), and for --resume also the tokenizer and pause_frac.
+
+def check_out_dir(out_dir, resume, overwrite):
+    """Refuse, before any work, what would lose a run: an --out_dir that is a file, --resume
+    with nothing to resume, or a new run over a checkpoint without --overwrite."""
+    path = os.path.join(out_dir, "ckpt.pt")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"--out_dir {out_dir} is a file, not a directory; choose another")
+    if resume and overwrite:
+        raise UserError(f"--resume continues {path}, --overwrite deletes it: give one of them")
+    if resume and not os.path.isfile(path):
+        raise UserError(f"--resume: no checkpoint at {path}; run without --resume to start "
+                         "training")
+    if not resume and not overwrite and os.path.exists(path):
+        raise UserError(f"{path} exists: give --resume to continue that run, --overwrite to "
+                         "replace it, or another --out_dir")
+
+
+def start_run_dir(out_dir, resume_step=None):
+    """Ready out_dir for a run, with a note for each file removed. A resumed run keeps the rows of
+    its JSON-lines logs up to resume_step (rows after it come from a run killed after its last
+    checkpoint, and will be written again); a new run deletes the files of an earlier one. Both
+    delete the temporary files of writes that were killed (one can be as big as a model)."""
+    os.makedirs(out_dir, exist_ok=True)
+    for name in ("ckpt.pt", "metrics.jsonl"):
+        path = os.path.join(out_dir, name)
+        for tmp in glob.glob(os.path.join(glob.escape(out_dir), f".{glob.escape(name)}.*.tmp")):
+            os.remove(tmp)
+            print(f"note: removed {tmp}, left by a write that was interrupted")
+        if resume_step is None and os.path.exists(path):
+            os.remove(path)
+            print(f"note: removed {path} of an earlier run")
+        elif resume_step is not None and name.endswith(".jsonl") and os.path.isfile(path):
+            rows = [r for r in read_jsonl(path) if r["step"] <= resume_step]
+            atomic_write(path, lambda f: f.writelines(json.dumps(r) + "\n" for r in rows), "w")
+
+
+def model_config_of(cfg, vocab_size, ckpt=None):
+    """The model's shape for train.py's TrainConfig cfg: for a new run, a preset with the flags'
+    overrides; from GPT-2 or on --resume, the shape of those weights, which the flags may repeat
+    but not change (the context may be cut: the position embeddings beyond it go unused)."""
+    flags = {k: getattr(cfg, k) for k in ("block_size", "n_layer", "n_head", "n_embd")
+             if getattr(cfg, k)}
+    if ckpt is None and not cfg.init_from:
+        return config_from_preset(cfg.preset, vocab_size, dropout=cfg.dropout, **flags)
+    if ckpt is not None:
+        source, shape = f"--resume: {cfg.out_dir}/ckpt.pt", ckpt["model_config"]
+    else:
+        source, shape = f"--init_from {cfg.init_from}", gpt2.hf_config(cfg.init_from)
+    model_config = GPTConfig(**{**shape, "vocab_size": vocab_size, "dropout": cfg.dropout})
+    # --preset counts only when given: its default is no request
+    asked = {**(PRESETS[cfg.preset] if cfg.preset != type(cfg).preset else {}), **flags}
+    for k, v in asked.items():
+        have = getattr(model_config, k)
+        if v > have or (v < have and k != "block_size"):
+            flag = f"--{k}" if k in flags else f"--preset {cfg.preset}"
+            raise UserError(f"{source} has {k}={have} but this run has {k}={v} ({flag}); the "
+                             "weights fix the model's shape: leave the flag out")
+    return model_config
+
+
+def check_resume(ckpt, path, cfg, tok_name, world_size, master):
+    """Refuse a checkpoint of another tokenizer or pause_frac, naming the field; a change of the
+    batch or world size is allowed, with a note."""
+    for key, saved, value in (("tokenizer", ckpt["tokenizer"], tok_name),
+                              ("pause_frac", ckpt["pause_frac"], cfg.pause_frac)):
+        if saved != value:
+            raise UserError(f"--resume: {path} was made with {key}={saved}, this run has "
+                             f"{key}={value}; use the same data and flags, or another --out_dir")
+    then = ckpt["config"]["batch_size"], ckpt.get("world_size", world_size)
+    if then != (cfg.batch_size, world_size) and master:
+        print(f"note: resuming with batch_size {cfg.batch_size} x {world_size} processes; the "
+              f"checkpoint was written with {then[0]} x {then[1]}. The data continues where it "
+              "stopped, but the steps are no longer those of one uninterrupted run.")
+
+
+# -----------------------------------------------------------------------------------------------
 
 def check(cfg):
     """Every flag, checked before any work; an error names the flag and what it accepts."""
     resolve_dtype(cfg.dtype, resolve_device(cfg.device))  # e.g. --device cuda on a CPU machine
     if cfg.preset not in PRESETS:
-        raise SystemExit(f"--preset must be one of {', '.join(sorted(PRESETS))}, got "
+        raise UserError(f"--preset must be one of {', '.join(sorted(PRESETS))}, got "
                          f"{cfg.preset!r}")
     # A zero among the first would divide by zero or train nothing; a negative --grad_clip would
     # turn every gradient around, so that the run climbs the loss.
@@ -92,10 +174,10 @@ def check(cfg):
     n_head = cfg.n_head or PRESETS[cfg.preset]["n_head"]
     n_embd = cfg.n_embd or PRESETS[cfg.preset]["n_embd"]
     if not cfg.init_from and n_embd % n_head:
-        raise SystemExit(f"--n_head {n_head} does not divide --n_embd {n_embd}: each head takes "
+        raise UserError(f"--n_head {n_head} does not divide --n_embd {n_embd}: each head takes "
                          "n_embd / n_head of the width")
     if cfg.resume and cfg.init_from:
-        raise SystemExit("--resume continues out_dir/ckpt.pt with its own weights; leave out "
+        raise UserError("--resume continues out_dir/ckpt.pt with its own weights; leave out "
                          "--init_from")
     check_out_dir(cfg.out_dir, cfg.resume, cfg.overwrite)
 
@@ -155,7 +237,7 @@ def train(cfg: TrainConfig) -> str:
         meta = data_meta(cfg.data)  # checks every shard it lists, and their vocabulary
         tok_name = meta["tokenizer"]
         if cfg.init_from and tok_name != "gpt2":
-            raise SystemExit(f"--init_from {cfg.init_from} needs data tokenized for GPT-2, but "
+            raise UserError(f"--init_from {cfg.init_from} needs data tokenized for GPT-2, but "
                              f"{cfg.data} holds {tok_name} tokens; prepare it with --tokenizer "
                              "gpt2")
         train_src = val_src = cfg.data
@@ -192,7 +274,7 @@ def train(cfg: TrainConfig) -> str:
     total = cfg.total_batch_tokens or micro_tokens
     if total % micro_tokens:
         q = total // micro_tokens
-        raise SystemExit(f"--total_batch_tokens {total} is not a multiple of batch_size x "
+        raise UserError(f"--total_batch_tokens {total} is not a multiple of batch_size x "
                          f"block_size x world_size = {B} x {T} x {world_size} = {micro_tokens}; "
                          f"the nearest valid values are {max(1, q) * micro_tokens} and "
                          f"{(q + 1) * micro_tokens}")
@@ -296,7 +378,7 @@ def train(cfg: TrainConfig) -> str:
             # good checkpoint; every rank sees the same all-reduced numbers and stops alike.
             bad = [f"{k} {v}" for k, v in row.items() if "loss" in k and not math.isfinite(v)]
             if bad:
-                raise SystemExit(f"step {step}: {', '.join(bad)}; stopped without saving, so "
+                raise UserError(f"step {step}: {', '.join(bad)}; stopped without saving, so "
                                  f"{ckpt_path} keeps the last good state, if any. The usual cause "
                                  f"is a learning rate too high for this model (--lr {cfg.lr}): try "
                                  "a smaller one, or a longer --warmup_steps")
@@ -341,6 +423,8 @@ def parse_args(argv=None):
 def main(argv=None):
     try:
         train(parse_args(argv))
+    except UserError as e:  # a flag or file refused: one line that names it, no traceback
+        raise SystemExit(f"train.py: error: {e}")
     finally:
         cleanup_ddp()
 

@@ -21,3 +21,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def pytest_configure(config):
+    # The course's graders run alone with `python -m pytest tests -m exercises`; a misspelt marker
+    # is an error, not a test silently left out of the grading.
+    config.addinivalue_line("markers", "exercises: the tests that grade the course's exercises "
+                            "(docs/teaching.md)")
+    config.option.strict_markers = True

@@ -28,7 +28,7 @@ EXERCISES = {
                             "insert_pauses"),
     "pause.pause_targets": ("pause-pretraining, no loss on pause targets, paper Sec. 3.1",
                             "pause_targets"),
-    "data.pause_pretrain_batch": ("the pause step of the pretraining loader, paper Sec. 3.1",
+    "pause.pause_pretrain_batch": ("the pause step of the pretraining loader, paper Sec. 3.1",
                                   "pause_pretrain_batch"),
     "pause.finetune_example": ("pause-finetuning rows, paper Sec. 3.2", "finetune_example"),
     "model.GPT.generate": ("decoding with a KV cache, the decoder of pause-inference "

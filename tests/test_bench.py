@@ -5,8 +5,9 @@ from contextlib import nullcontext
 import pytest
 import torch
 
-import bench
+from tools import bench
 from data import get_tokenizer
+from tools.common import UserError
 
 SMALL = ["--preset", "tiny", "--device", "cpu", "--batch_size", "2", "--block_size", "64",
          "--steps", "1", "--warmup", "1", "--rounds", "1", "--loader_seconds", "0.05",
@@ -97,18 +98,18 @@ def test_checks_pass_and_fail_against_targets():
 
 
 def test_bad_flags_name_the_flag():
-    with pytest.raises(SystemExit, match="--what"):
+    with pytest.raises(UserError, match="--what"):
         bench.parse_args(["--what", "loader,sample"])
-    with pytest.raises(SystemExit, match="--pause_frac"):
+    with pytest.raises(UserError, match="--pause_frac"):
         bench.parse_args(["--pause_frac", "1.5"])
-    with pytest.raises(SystemExit, match="--steps"):
+    with pytest.raises(UserError, match="--steps"):
         bench.parse_args(["--steps", "-2"])
-    with pytest.raises(SystemExit, match="--batch_prompts must be >= 1"):
+    with pytest.raises(UserError, match="--batch_prompts must be >= 1"):
         bench.parse_args(["--batch_prompts", "0"])
     # Pauses or prompts beyond the context are refused before any work (not a run without bound).
-    with pytest.raises(SystemExit, match="--num_pauses 2000000 .* context of 2048"):
+    with pytest.raises(UserError, match="--num_pauses 2000000 .* context of 2048"):
         bench.parse_args(["--num_pauses", "2000000"])
-    with pytest.raises(SystemExit, match="--batch_prompt_len 4000"):
+    with pytest.raises(UserError, match="--batch_prompt_len 4000"):
         bench.parse_args(["--batch_prompt_len", "4000"])
 
 

@@ -10,9 +10,11 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from common import (append_jsonl, atomic_write, check_out_dir, checkpoint_kind, config_parser,
-                    read_checkpoint, read_jsonl, resolve_device, resolve_dtype, save_checkpoint,
-                    start_run_dir, write_json)
+from tools.checkpoint import checkpoint_kind, read_checkpoint, save_checkpoint
+from tools.common import (append_jsonl, atomic_write, config_parser, read_jsonl, resolve_device,
+                          resolve_dtype, write_json)
+from train import check_out_dir, start_run_dir
+from tools.common import UserError
 
 
 @dataclass
@@ -64,7 +66,7 @@ def test_atomic_write_keeps_the_old_file_when_a_write_fails(tmp_path):
     def full_disk(f):
         f.write(b"half of the new")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    with pytest.raises(SystemExit, match="cannot write .*ckpt.pt: no space left on the disk"):
+    with pytest.raises(UserError, match="cannot write .*ckpt.pt: no space left on the disk"):
         atomic_write(path, full_disk)
     assert path.read_bytes() == b"the last good one" and os.listdir(tmp_path) == ["ckpt.pt"]
     atomic_write(path, lambda f: f.write(b"new"))
@@ -110,7 +112,7 @@ def test_read_jsonl_drops_a_half_last_line_and_names_a_bad_one(tmp_path, capsys)
     assert read_jsonl(path) == [{"step": 1}, {"step": 2}]
     assert "dropped its last line" in capsys.readouterr().out
     path.write_text('{"step": 1}\n{"step": 2,,}\n{"step": 3}\n')
-    with pytest.raises(SystemExit, match="m.jsonl, line 2: not valid JSON"):
+    with pytest.raises(UserError, match="m.jsonl, line 2: not valid JSON"):
         read_jsonl(path)
 
 
@@ -129,13 +131,13 @@ def test_start_run_dir(tmp_path, capsys):
 
 def test_check_out_dir(tmp_path):
     (tmp_path / "file").write_text("")
-    with pytest.raises(SystemExit, match="is a file, not a directory"):
+    with pytest.raises(UserError, match="is a file, not a directory"):
         check_out_dir(str(tmp_path / "file"), False, False)
-    with pytest.raises(SystemExit, match="--resume: no checkpoint at"):
+    with pytest.raises(UserError, match="--resume: no checkpoint at"):
         check_out_dir(str(tmp_path / "new"), True, False)
     check_out_dir(str(tmp_path / "new"), False, False)
     (tmp_path / "ckpt.pt").write_bytes(b"")
-    with pytest.raises(SystemExit, match="ckpt.pt exists: give --resume .* --overwrite"):
+    with pytest.raises(UserError, match="ckpt.pt exists: give --resume .* --overwrite"):
         check_out_dir(str(tmp_path), False, False)
     check_out_dir(str(tmp_path), True, False)
     check_out_dir(str(tmp_path), False, True)
@@ -148,26 +150,26 @@ def test_checkpoints_are_told_apart(tmp_path):
     assert checkpoint_kind({**base, "finetune_config": {}}) == "finetuned"
     assert checkpoint_kind({"state_dict": {}}) == checkpoint_kind([1]) == "foreign"
     torch.save({**base, "finetune_config": {}}, tmp_path / "ft.pt")
-    with pytest.raises(SystemExit, match="ft.pt is a finetuned checkpoint .* but a pretraining"):
+    with pytest.raises(UserError, match="ft.pt is a finetuned checkpoint .* but a pretraining"):
         read_checkpoint(tmp_path / "ft.pt", kind="pretraining")
     assert read_checkpoint(tmp_path / "ft.pt")["tokenizer"] == "byte"
     torch.save({"wte.weight": torch.zeros(2)}, tmp_path / "hf.bin")
-    with pytest.raises(SystemExit, match="found a dict with the keys wte.weight"):
+    with pytest.raises(UserError, match="found a dict with the keys wte.weight"):
         read_checkpoint(tmp_path / "hf.bin")
     (tmp_path / "junk.pt").write_bytes(b"not a pickle")
-    with pytest.raises(SystemExit, match="junk.pt: not a checkpoint this project can read"):
+    with pytest.raises(UserError, match="junk.pt: not a checkpoint this project can read"):
         read_checkpoint(tmp_path / "junk.pt")
-    with pytest.raises(SystemExit, match="no checkpoint at"):
+    with pytest.raises(UserError, match="no checkpoint at"):
         read_checkpoint(tmp_path / "missing.pt")
 
 
 def test_device_and_dtype_are_checked():
     assert resolve_device("cpu") == "cpu"
-    with pytest.raises(SystemExit, match="--device must be auto, cpu, cuda or cuda:N"):
+    with pytest.raises(UserError, match="--device must be auto, cpu, cuda or cuda:N"):
         resolve_device("gpu")
     if not torch.cuda.is_available():
-        with pytest.raises(SystemExit, match="--device cuda:1: this machine has no CUDA GPU"):
+        with pytest.raises(UserError, match="--device cuda:1: this machine has no CUDA GPU"):
             resolve_device("cuda:1")
     assert resolve_dtype("auto", "cpu")[0] == "float32"
-    with pytest.raises(SystemExit, match="--dtype must be auto, float32 or bfloat16"):
+    with pytest.raises(UserError, match="--dtype must be auto, float32 or bfloat16"):
         resolve_dtype("float16", "cpu")

@@ -5,9 +5,10 @@ import pytest
 import torch
 
 import pause
-from data import (PretrainLoader, builtin_tokens, data_meta, get_tokenizer, load_shard,
-                  pause_pretrain_batch, write_shard)
-from prepare import prepare
+from data import PretrainLoader, builtin_tokens, data_meta, get_tokenizer, load_shard, write_shard
+from pause import pause_pretrain_batch
+from tools.prepare import prepare
+from tools.common import UserError
 
 
 def test_bad_shards_are_refused(tmp_path):
@@ -22,7 +23,7 @@ def test_bad_shards_are_refused(tmp_path):
     for what, content in cases.items():
         bad = tmp_path / f"bad_{what}.bin"
         bad.write_bytes(content)
-        with pytest.raises(SystemExit, match=f"{bad}.*(magic|version|bytes|header)"):
+        with pytest.raises(UserError, match=f"{bad}.*(magic|version|bytes|header)"):
             load_shard(bad)
 
 
@@ -71,27 +72,27 @@ def test_data_meta_checks_the_shards_against_meta_json(tmp_path):
     # by data_meta and by a loader of the directory, instead of training on another's ids.
     (d / "meta.json").write_text(json.dumps(dict(meta, tokenizer="gpt2")))
     for check in (lambda: data_meta(d), lambda: PretrainLoader(str(d), 2, 8)):
-        with pytest.raises(SystemExit, match=r"train_000000.bin: .*vocabulary of 258 ids.*50258"):
+        with pytest.raises(UserError, match=r"train_000000.bin: .*vocabulary of 258 ids.*50258"):
             check()
     (d / "meta.json").write_text(json.dumps(meta))
     write_shard(d / "val_000000.bin", load_shard(d / "val_000000.bin"), 50258)
-    with pytest.raises(SystemExit, match="val_000000.bin: .*50258 ids.*has 258"):
+    with pytest.raises(UserError, match="val_000000.bin: .*50258 ids.*has 258"):
         data_meta(d)
     (d / "val_000000.bin").unlink()  # listed in meta.json, gone from the disk
-    with pytest.raises(SystemExit, match="val_000000.bin is missing"):
+    with pytest.raises(UserError, match="val_000000.bin is missing"):
         data_meta(d)
     write_shard(d / "val_000000.bin", [1, 2, 3], 258)
-    with pytest.raises(SystemExit, match=r"val_000000.bin holds 3 tokens where .*json says [\d,]+"):
+    with pytest.raises(UserError, match=r"val_000000.bin holds 3 tokens where .*json says [\d,]+"):
         data_meta(d)
     write_shard(d / "val_000000.bin", [1] * meta["val_shards"][0], 258)
     write_shard(d / "train_000007.bin", [1, 2, 3], 258)
-    with pytest.raises(SystemExit, match="train_000007.bin is not listed in .*meta.json"):
+    with pytest.raises(UserError, match="train_000007.bin is not listed in .*meta.json"):
         data_meta(d)
     (d / "train_000007.bin").unlink()
     data_meta(d)
     for text in ('{"tokenizer": "byte", ', "[]", '{"tokenizer": "llama"}', '{"tokenizer": "byte"}'):
         (d / "meta.json").write_text(text)
-        with pytest.raises(SystemExit, match="meta.json is not a meta.json written by prepare"):
+        with pytest.raises(UserError, match="meta.json is not a meta.json written by prepare"):
             data_meta(d)
 
 
@@ -157,10 +158,10 @@ def test_loader_resumes_with_the_next_batch_across_epochs():
 
 def test_too_little_data_for_one_global_batch_says_what_to_do():
     src = np.arange(100, dtype=np.uint16)  # 3 windows of 33 tokens
-    with pytest.raises(SystemExit, match=r"train data holds 3 windows of 33 tokens, fewer than one "
+    with pytest.raises(UserError, match=r"train data holds 3 windows of 33 tokens, fewer than one "
                                          r"global batch \(2 x 2 ranks\); prepare more data or"):
         PretrainLoader(src, 2, 32, world_size=2)
-    with pytest.raises(SystemExit, match="3 windows .*; raise --builtin_docs or use a smaller"):
+    with pytest.raises(UserError, match="3 windows .*; raise --builtin_docs or use a smaller"):
         PretrainLoader(src, 4, 32, more_data="raise --builtin_docs")
     assert PretrainLoader(src, 3, 32).num_windows == 3
 

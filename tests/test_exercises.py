@@ -169,7 +169,7 @@ def test_pause_targets_ignores_exactly_the_pauses(shape):
 
 
 # -----------------------------------------------------------------------------------------------
-# Exercise: data.pause_pretrain_batch, the pause step of the pretraining loader (paper Sec. 3.1)
+# Exercise: pause.pause_pretrain_batch, the pause step of the pretraining loader (paper Sec. 3.1)
 
 def batch_rows_and_targets(pause_pretrain_batch):
     windows = torch.randint(0, 500, (6, 41), generator=gen(8))
@@ -218,7 +218,7 @@ PRETRAIN_BATCH_CHECKS = [batch_rows_and_targets, no_pauses_is_a_plain_shift,
 @pytest.mark.exercises
 @pytest.mark.parametrize("check", PRETRAIN_BATCH_CHECKS, ids=lambda c: c.__name__)
 def test_pause_pretrain_batch(check):
-    check(data.pause_pretrain_batch)
+    check(pause.pause_pretrain_batch)
 
 
 # -----------------------------------------------------------------------------------------------

@@ -10,10 +10,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-import experiment as E
+from tools import experiment as E
 import pause
 import train
 from model import GPT, GPTConfig
+from tools.common import UserError
 
 P, EOT = E.PAUSE_ID, E.EOT
 
@@ -265,7 +266,7 @@ def test_world_task_runs_end_to_end_through_finetune_py(ckpts, tmp_path):
 def test_unfinished_checkpoint_is_refused_before_any_work(ckpts, tmp_path):
     cfg = E.parse_args(world(tmp_path, "--std_ckpt", ckpts["unfinished"],
                              "--pause_ckpt", ckpts["pause"]))
-    with pytest.raises(SystemExit, match=f"{ckpts['unfinished']}: pretraining stopped at step 1 "
+    with pytest.raises(UserError, match=f"{ckpts['unfinished']}: pretraining stopped at step 1 "
                                          "of 3"):
         E.experiment(cfg)
     assert os.listdir(tmp_path) == []
@@ -273,12 +274,12 @@ def test_unfinished_checkpoint_is_refused_before_any_work(ckpts, tmp_path):
 
 def test_std_checkpoint_given_as_pause_ckpt_is_refused(ckpts, tmp_path):
     cfg = E.parse_args(world(tmp_path, "--std_ckpt", ckpts["std"], "--pause_ckpt", ckpts["std"]))
-    with pytest.raises(SystemExit, match=f"--pause_ckpt {ckpts['std']}: pause_frac 0.0, a StdPT "
+    with pytest.raises(UserError, match=f"--pause_ckpt {ckpts['std']}: pause_frac 0.0, a StdPT "
                                          "checkpoint; --pause_ckpt needs a PausePT one"):
         E.experiment(cfg)
     cfg = E.parse_args(world(tmp_path, "--std_ckpt", ckpts["pause"],
                              "--pause_ckpt", ckpts["pause"]))
-    with pytest.raises(SystemExit, match="--std_ckpt .*a PausePT checkpoint"):
+    with pytest.raises(UserError, match="--std_ckpt .*a PausePT checkpoint"):
         E.experiment(cfg)
 
 
@@ -286,7 +287,7 @@ def test_foreign_file_as_checkpoint_is_refused(ckpts, tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
     cfg = E.parse_args(world(tmp_path / "out", "--std_ckpt", str(tmp_path / "other.pt"),
                              "--pause_ckpt", ckpts["pause"]))
-    with pytest.raises(SystemExit, match="other.pt"):
+    with pytest.raises(UserError, match="other.pt"):
         E.experiment(cfg)
 
 
@@ -309,8 +310,8 @@ def test_own_pretraining_is_resumed_reused_or_refused(ckpts, tmp_path):
     done = plant(tmp_path / "done", pretrain_std=ckpts["std"], pretrain_pause=ckpts["pause"])
     plan = E.pretraining_plan(E.parse_args(world(done, "--pretrain_steps", "2")))
     assert [args for _, args in plan.values()] == [None, None]  # both finished: reused
-    with pytest.raises(SystemExit, match="pretrain_std/ckpt.pt holds another run"):
+    with pytest.raises(UserError, match="pretrain_std/ckpt.pt holds another run"):
         E.pretraining_plan(E.parse_args(world(done, "--pretrain_steps", "3")))
     wrong = plant(tmp_path / "wrong", pretrain_pause=ckpts["std"])
-    with pytest.raises(SystemExit, match="pretrain_pause/ckpt.pt holds another run"):
+    with pytest.raises(UserError, match="pretrain_pause/ckpt.pt holds another run"):
         E.pretraining_plan(E.parse_args(world(wrong, "--pretrain_steps", "2")))

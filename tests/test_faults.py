@@ -15,8 +15,9 @@ import time
 import pytest
 import torch
 
-import common
+from tools import common
 from train import TrainConfig, train
+from tools.common import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Checkpoints at steps 3, 6, 9 and 12; a log line every step; pauses, so the loader's random
@@ -148,7 +149,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_last_one(tmp_path, reference, m
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_save(obj, f)
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(SystemExit, match=r"cannot write .*ckpt.pt: no space left on the disk"):
+    with pytest.raises(UserError, match=r"cannot write .*ckpt.pt: no space left on the disk"):
         train(TrainConfig(**RUN, out_dir=str(out)))
     monkeypatch.undo()
     assert torch.load(out / "ckpt.pt", weights_only=True)["step"] == 3
@@ -186,7 +187,7 @@ def test_full_disk_during_a_log_line_leaves_whole_lines(tmp_path, reference, mon
         f = real_open(path, mode, *args, **kwargs)
         return FullDisk(f) if mode.startswith("a") else f
     monkeypatch.setattr(common, "open", open_on_full_disk, raising=False)
-    with pytest.raises(SystemExit, match=r"cannot write .*metrics.jsonl: no space left"):
+    with pytest.raises(UserError, match=r"cannot write .*metrics.jsonl: no space left"):
         train(TrainConfig(**RUN, out_dir=str(out)))
     monkeypatch.undo()
     assert [r["step"] for r in rows(out)] == [1, 2, 3, 4]  # the half line was cut off again
@@ -210,7 +211,7 @@ def test_a_diverged_run_stops_before_its_checkpoint(tmp_path):
     good = (out / "ckpt.pt").read_bytes()
     # The same run resumed with an absurd learning rate: the loss turns NaN within a step or two,
     # before the checkpoint of step 6 could replace the good one.
-    with pytest.raises(SystemExit, match=r"step [4-6]: loss nan; stopped without saving.*"
+    with pytest.raises(UserError, match=r"step [4-6]: loss nan; stopped without saving.*"
                                          r"--lr 100000000.0"):
         train(TrainConfig(**{**RUN, "lr": 1e8}, resume=True, out_dir=str(out)))
     assert (out / "ckpt.pt").read_bytes() == good

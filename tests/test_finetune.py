@@ -14,16 +14,17 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-import common
 import finetune
-import gpt2
 import tasks
-from common import save_checkpoint
+from tools import checkpoint
+from tools.checkpoint import save_checkpoint
+from tools.export import export_hf
 from data import get_tokenizer
 from finetune import FinetuneConfig, eval_inputs, evaluate, training_rows
 from model import GPT, GPTConfig
 from pause import finetune_example
 from tasks import BUILTIN, TASKS
+from tools.common import UserError
 
 TOK = get_tokenizer("byte")
 P = TOK.pause_id
@@ -78,7 +79,7 @@ def test_training_rows_cut_long_prompts_from_the_left(where):
         assert x.tolist() == expect_x and len(x) <= 64
         # loss on the whole answer only
         assert y.tolist() == [-1] * (len(expect_x) - len(target)) + target
-    with pytest.raises(SystemExit, match="--num_pauses .M_ft. 10 and an answer of 61 tokens leave"):
+    with pytest.raises(UserError, match="--num_pauses .M_ft. 10 and an answer of 61 tokens leave"):
         training_rows([{"prompt": "x", "target": "1" * 60}], ADD, TOK, 64, 10, "append")
 
 
@@ -313,7 +314,7 @@ def test_commonsense_qa_with_score_choices_is_trained_and_scored_on_the_letters(
 def test_init_from_a_gpt2_directory_is_stdpt(tmp_path):
     ckpt = save_tiny_ckpt(tmp_path / "g.pt", vocab_size=get_tokenizer("gpt2").vocab_size,
                           tokenizer="gpt2", pause_frac=0.1)
-    gpt2.export_hf(ckpt, tmp_path / "hf")  # a directory in the Hugging Face GPT-2 layout
+    export_hf(ckpt, tmp_path / "hf")  # a directory in the Hugging Face GPT-2 layout
     cfg = FinetuneConfig(init_from=str(tmp_path / "hf"), task="world:add", n_train=16, n_eval=4,
                          num_pauses=2, max_steps=0, out_dir=str(tmp_path / "ft"), save=True)
     model, results = finetune.finetune(cfg, progress=False)
@@ -329,8 +330,8 @@ def test_init_from_a_gpt2_directory_is_stdpt(tmp_path):
 def test_checkpoint_without_a_pause_token_is_refused(tmp_path):
     # bytes + <|endoftext|>, no <|pause|>
     ckpt = save_tiny_ckpt(tmp_path / "nopause.pt", vocab_size=257)
-    with pytest.raises(SystemExit, match="has no pause token"):
-        common.load_model(ckpt, "", "cpu")
+    with pytest.raises(UserError, match="has no pause token"):
+        checkpoint.load_model(ckpt, "", "cpu")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -454,7 +455,7 @@ def test_an_earlier_run_is_replaced_only_with_overwrite(tmp_path, capsys):
                          save=True)
     finetune.finetune(cfg, progress=False)
     before = (tmp_path / "ft" / "results.json").read_bytes()
-    with pytest.raises(SystemExit, match="holds results.json and ckpt.pt of an earlier run") as e:
+    with pytest.raises(UserError, match="holds results.json and ckpt.pt of an earlier run") as e:
         finetune.finetune(replace(cfg, seed=1), progress=False)
     assert "--overwrite" in str(e.value)
     assert (tmp_path / "ft" / "results.json").read_bytes() == before
@@ -471,7 +472,7 @@ def test_a_non_finite_loss_stops_naming_the_step_and_saves_nothing(tmp_path):
     cfg = FinetuneConfig(ckpt=save_tiny_ckpt(tmp_path / "c.pt"), task="world:add", n_train=32,
                          n_eval=2, max_steps=5, batch_size=8, lr=1e30, warmup_steps=0,
                          log_interval=1, out_dir=str(out), save=True, overwrite=True)
-    with pytest.raises(SystemExit, match=r"step \d: the loss .* not finite.*lower --lr 1e\+30"):
+    with pytest.raises(UserError, match=r"step \d: the loss .* not finite.*lower --lr 1e\+30"):
         finetune.finetune(cfg, progress=False)
     assert (out / "ckpt.pt").read_bytes() == b"the last good model"
     assert not (out / "results.json").exists()

@@ -9,8 +9,10 @@ from dataclasses import asdict
 import pytest
 import torch
 
-import gpt2
+from tools import gpt2
+from tools.export import export_hf
 from model import GPT, GPTConfig
+from tools.common import UserError
 
 SHAPE = dict(n_layer=2, n_head=2, n_embd=32, n_positions=48)
 VOCAB = 257  # in the file; the byte tokenizer has one more id, <|pause|> = 257, like GPT-2's 50257
@@ -117,7 +119,7 @@ def finetuned_checkpoint(path, seed=0, **config):
 
 def test_export_then_import_is_bitwise_exact(tmp_path, one_thread):
     model = finetuned_checkpoint(tmp_path / "ckpt.pt", bias=True, gelu="tanh")
-    out = gpt2.export_hf(tmp_path / "ckpt.pt", tmp_path / "hf")
+    out = export_hf(tmp_path / "ckpt.pt", tmp_path / "hf")
     config = json.loads((out / "config.json").read_text())
     assert config["vocab_size"] == 320 and config["n_positions"] == 48
     assert config["activation_function"] == "gelu_pytorch_tanh" and config["pause_token_id"] == 257
@@ -133,13 +135,13 @@ def test_export_then_import_is_bitwise_exact(tmp_path, one_thread):
     assert theirs.keys() == ours.keys() and all(torch.equal(theirs[k], ours[k]) for k in ours)
     assert not torch.allclose(back.wte.weight[257], back.wte.weight[:257].mean(0))  # pause kept
     assert torch.equal(back(idx)[0], model(idx)[0])
-    with pytest.raises(SystemExit, match="config.json exists"):
-        gpt2.export_hf(tmp_path / "ckpt.pt", tmp_path / "hf")
+    with pytest.raises(UserError, match="config.json exists"):
+        export_hf(tmp_path / "ckpt.pt", tmp_path / "hf")
 
 
 def test_export_of_a_model_without_biases_keeps_its_logits(tmp_path, one_thread):
     model = finetuned_checkpoint(tmp_path / "ckpt.pt", seed=1)  # model.py's defaults: no biases
-    out = gpt2.export_hf(tmp_path / "ckpt.pt", tmp_path / "hf")
+    out = export_hf(tmp_path / "ckpt.pt", tmp_path / "hf")
     sd = torch.load(out / "pytorch_model.bin", weights_only=True)
     assert not sd["transformer.h.0.attn.c_attn.bias"].any()
     assert json.loads((out / "config.json").read_text())["activation_function"] == "gelu"
@@ -199,7 +201,7 @@ def test_download_by_name_then_from_the_cache(hub, tmp_path, one_thread):
 
 def test_a_failed_download_names_the_url_and_the_way_out(hub, tmp_path):
     _, base = hub
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(UserError) as e:
         gpt2.download("gpt2-medium", tmp_path)
     msg = str(e.value)
     assert f"{base}/gpt2-medium/resolve/main/config.json" in msg
@@ -207,20 +209,20 @@ def test_a_failed_download_names_the_url_and_the_way_out(hub, tmp_path):
 
 
 def test_bad_inputs_are_named(tmp_path):
-    with pytest.raises(SystemExit, match="gpt2, gpt2-medium, gpt2-large, gpt2-xl"):
+    with pytest.raises(UserError, match="gpt2, gpt2-medium, gpt2-large, gpt2-xl"):
         gpt2.from_pretrained("gpt3", 258)
-    with pytest.raises(SystemExit, match="gpt2, gpt2-medium, gpt2-large, gpt2-xl"):
+    with pytest.raises(UserError, match="gpt2, gpt2-medium, gpt2-large, gpt2-xl"):
         gpt2.download("gpt3", tmp_path)
     sd, config = hf_state_dict(), hf_config()
 
     def refused(name, sd, config, vocab_size=258):
         folder = write_hf_dir(tmp_path / name, sd, config)
-        with pytest.raises(SystemExit) as e:
+        with pytest.raises(UserError) as e:
             gpt2.from_pretrained(str(folder), vocab_size)
         return str(e.value)
     folder = write_hf_dir(tmp_path / "no_weights", sd, config)
     (folder / "pytorch_model.bin").unlink()
-    with pytest.raises(SystemExit, match="no pytorch_model.bin"):
+    with pytest.raises(UserError, match="no pytorch_model.bin"):
         gpt2.from_pretrained(str(folder), 258)
     msg = refused("shape", {**sd, "h.1.mlp.c_fc.weight": torch.zeros(32, 100)}, config)
     assert "h.1.mlp.c_fc.weight" in msg and "(32, 100)" in msg and "(32, 128)" in msg

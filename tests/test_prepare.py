@@ -10,10 +10,11 @@ import pytest
 import tiktoken
 
 import data
-import prepare as prepare_module
-from common import download
+from tools import prepare as prepare_module
+from tools.common import download
 from data import data_meta, get_tokenizer, load_shard
-from prepare import iter_documents, main, prepare
+from tools.prepare import iter_documents, main, prepare
+from tools.common import UserError
 
 DOCS = ["The first document.\nIt has two lines.", "Second: 3 + 4 = 7, and ünïcode too!", "",
         "<|endoftext|> in the text is ordinary text", "  leading spaces\n\n\nand blank lines  "]
@@ -296,14 +297,14 @@ def test_download_resumes_a_partial_file(server, tmp_path):
 def test_download_refuses_a_corrupt_gzip(server, tmp_path, capsys):
     url, handler = server
     handler.files = {"/bad.json.gz": gzip.compress(b'{"text": "x"}\n' * 1000)[:-20]}
-    with pytest.raises(SystemExit, match="intact"):
+    with pytest.raises(UserError, match="intact"):
         download(url + "/bad.json.gz", tmp_path / "bad.json.gz", retries=2)
     assert "corrupt download" in capsys.readouterr().out
     assert not (tmp_path / "bad.json.gz").exists() and not (tmp_path / "bad.json.gz.part").exists()
 
 
 def test_c4_command_downloads_and_prepares(server, tmp_path, monkeypatch, capsys):
-    import prepare
+    from tools import prepare
     url, handler = server
     docs = {f"/c4-train.{i:05d}-of-01024.json.gz": [f"train doc {i}.{j}" for j in range(30)]
             for i in range(2)}

@@ -5,7 +5,7 @@ import torch
 import pause
 import sample
 import train
-from common import load_checkpoint
+from tools.checkpoint import load_checkpoint
 from test_gpt2 import hf_config, hf_state_dict, write_hf_dir
 
 PROMPT = "a=3;b=a*4;c=b-2;c="

@@ -12,10 +12,12 @@ import torch
 import torch.nn.functional as F
 
 import pause
-from common import field_comments, load_checkpoint, lr_at
+from tools.checkpoint import load_checkpoint
+from tools.common import field_comments, lr_at
 from data import PretrainLoader, builtin_tokens, get_tokenizer, write_shard
-from prepare import prepare
+from tools.prepare import prepare
 from train import TrainConfig, parse_args, train
+from tools.common import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A model and corpus small enough for a few seconds of CPU.
@@ -127,28 +129,28 @@ def test_prepared_shards_train(tmp_path):
 
 def test_bad_input_is_named(tmp_path):
     out, new = str(tmp_path / "o"), str(tmp_path / "new")
-    with pytest.raises(SystemExit, match="no checkpoint at .*ckpt.pt"):
+    with pytest.raises(UserError, match="no checkpoint at .*ckpt.pt"):
         train(TrainConfig(**SMALL, max_steps=2, resume=True, out_dir=out))
     train(TrainConfig(**SMALL, max_steps=2, out_dir=out))
-    with pytest.raises(SystemExit, match="n_embd=32 but this run has n_embd=64"):
+    with pytest.raises(UserError, match="n_embd=32 but this run has n_embd=64"):
         train(TrainConfig(**dict(SMALL, n_embd=64), max_steps=4, resume=True, out_dir=out))
-    with pytest.raises(SystemExit, match="pause_frac=0.0, this run has pause_frac=0.1"):
+    with pytest.raises(UserError, match="pause_frac=0.0, this run has pause_frac=0.1"):
         train(TrainConfig(**SMALL, pause_frac=0.1, max_steps=4, resume=True, out_dir=out))
-    with pytest.raises(SystemExit, match="nearest valid values are 256 and 384"):
+    with pytest.raises(UserError, match="nearest valid values are 256 and 384"):
         train(TrainConfig(**SMALL, total_batch_tokens=300, out_dir=new))
     for data in (tmp_path / "missing", tmp_path):
-        with pytest.raises(SystemExit, match="python prepare.py prepare"):
+        with pytest.raises(UserError, match="python prepare.py prepare"):
             train(TrainConfig(**SMALL, data=str(data), out_dir=new))
     # A prepared directory with a damaged shard, and a checkpoint with another tokenizer.
     src = tmp_path / "c.txt"
     src.write_text("some text\n" * 500)
     prepare([str(src)], tmp_path / "d", "gpt2", val_every=0, workers=1)
-    with pytest.raises(SystemExit, match="tokenizer=byte, this run has tokenizer=gpt2"):
+    with pytest.raises(UserError, match="tokenizer=byte, this run has tokenizer=gpt2"):
         train(TrainConfig(**SMALL, data=str(tmp_path / "d"), resume=True, out_dir=out))
     write_shard(tmp_path / "d" / "train_000000.bin", [1, 2, 3], 50258)
     with open(tmp_path / "d" / "train_000000.bin", "ab") as f:
         f.write(b"xx")
-    with pytest.raises(SystemExit, match="train_000000.bin: corrupt token shard"):
+    with pytest.raises(UserError, match="train_000000.bin: corrupt token shard"):
         train(TrainConfig(**SMALL, data=str(tmp_path / "d"), out_dir=new))
     assert not os.path.exists(new)  # every refusal came before any work
 
@@ -187,20 +189,20 @@ def parse_help():
 ])
 def test_bad_flags_are_refused_before_any_work(tmp_path, flags, message):
     out = tmp_path / "o"
-    with pytest.raises(SystemExit, match=message):
+    with pytest.raises(UserError, match=message):
         train(TrainConfig(**{**SMALL, "max_steps": 2, **flags}, out_dir=str(out)))
     assert not out.exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_on_a_machine_without_it_is_named(tmp_path):
-    with pytest.raises(SystemExit, match="--device cuda: this machine has no CUDA GPU"):
+    with pytest.raises(UserError, match="--device cuda: this machine has no CUDA GPU"):
         train(TrainConfig(**SMALL, device="cuda", out_dir=str(tmp_path / "o")))
 
 
 def test_out_dir_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "f").write_text("not a directory")
-    with pytest.raises(SystemExit, match="--out_dir .*f is a file, not a directory"):
+    with pytest.raises(UserError, match="--out_dir .*f is a file, not a directory"):
         train(TrainConfig(**SMALL, out_dir=str(tmp_path / "f")))
 
 
@@ -208,7 +210,7 @@ def test_a_new_run_never_overwrites_a_checkpoint(tmp_path, capsys):
     out = str(tmp_path / "o")
     train(TrainConfig(**SMALL, max_steps=2, out_dir=out))
     before = (tmp_path / "o" / "ckpt.pt").read_bytes()
-    with pytest.raises(SystemExit, match="ckpt.pt exists: give --resume .* --overwrite"):
+    with pytest.raises(UserError, match="ckpt.pt exists: give --resume .* --overwrite"):
         train(TrainConfig(**SMALL, max_steps=3, out_dir=out))
     assert (tmp_path / "o" / "ckpt.pt").read_bytes() == before and len(metrics(out)) == 2
     train(TrainConfig(**SMALL, max_steps=3, overwrite=True, out_dir=out))
@@ -222,17 +224,17 @@ def test_data_is_checked_before_the_first_step(tmp_path, capsys):
     val.write_text("Speak after you think.\n" * 2)  # 46 tokens: one window, not a batch of 4
     prepare([str(src)], tmp_path / "small_val", "byte", val_inputs=[str(val)], workers=1)
     out = tmp_path / "o"
-    with pytest.raises(SystemExit, match="val data holds 1 windows"):
+    with pytest.raises(UserError, match="val data holds 1 windows"):
         train(TrainConfig(**SMALL, data=str(tmp_path / "small_val"), eval_interval=1000,
                           out_dir=str(out)))
     assert not (out / "metrics.jsonl").exists() and not (out / "ckpt.pt").exists()
     # The built-in corpus grows with a flag, not by preparing data.
-    with pytest.raises(SystemExit, match="train data holds .*; raise --builtin_docs or use"):
+    with pytest.raises(UserError, match="train data holds .*; raise --builtin_docs or use"):
         train(TrainConfig(**{**SMALL, "builtin_docs": 1, "batch_size": 64}, out_dir=str(out)))
     # A validation shard that meta.json lists but that is gone: named at the start.
     prepare([str(src)], tmp_path / "lost_val", "byte", val_inputs=[str(val)], workers=1)
     (tmp_path / "lost_val" / "val_000000.bin").unlink()
-    with pytest.raises(SystemExit, match="val_000000.bin is missing"):
+    with pytest.raises(UserError, match="val_000000.bin is missing"):
         train(TrainConfig(**SMALL, data=str(tmp_path / "lost_val"), out_dir=str(out)))
     assert not out.exists()
     # Without a validation split: training runs, says so once, and logs no val_loss.
@@ -262,14 +264,14 @@ def test_resume_refuses_a_finetuned_or_foreign_checkpoint(tmp_path):
     ckpt = torch.load(out / "ckpt.pt", weights_only=True)
     finetuned = {k: ckpt[k] for k in ("model", "model_config", "tokenizer", "pause_id")}
     torch.save({**finetuned, "finetune_config": {"task": "add"}}, out / "ckpt.pt")
-    with pytest.raises(SystemExit, match="ckpt.pt is a finetuned checkpoint .* but a pretraining"):
+    with pytest.raises(UserError, match="ckpt.pt is a finetuned checkpoint .* but a pretraining"):
         train(TrainConfig(**SMALL, max_steps=4, resume=True, out_dir=str(out)))
     torch.save(ckpt["model"], out / "ckpt.pt")  # a bare state_dict, as other projects save
-    with pytest.raises(SystemExit, match="not a checkpoint of this project: found a dict with "
+    with pytest.raises(UserError, match="not a checkpoint of this project: found a dict with "
                                          "the keys blocks.0"):
         train(TrainConfig(**SMALL, max_steps=4, resume=True, out_dir=str(out)))
     (out / "ckpt.pt").write_bytes(b"PK\x03\x04 not really a zip")
-    with pytest.raises(SystemExit, match="not a checkpoint this project can read"):
+    with pytest.raises(UserError, match="not a checkpoint this project can read"):
         train(TrainConfig(**SMALL, max_steps=4, resume=True, out_dir=str(out)))
 
 
@@ -355,18 +357,18 @@ def gpt2_loss(sd, x, y):
 def test_init_from_refuses_what_does_not_fit(tmp_path):
     tiny_hf_dir(tmp_path / "hf")
     run = dict(GPT2_RUN, init_from=str(tmp_path / "hf"), out_dir=str(tmp_path / "o"))
-    with pytest.raises(SystemExit, match=r"has n_layer=1 but this run has n_layer=3 \(--n_layer"):
+    with pytest.raises(UserError, match=r"has n_layer=1 but this run has n_layer=3 \(--n_layer"):
         train(TrainConfig(**{**run, "n_layer": 3}))
-    with pytest.raises(SystemExit, match="has n_layer=1 but this run has n_layer=12 "
+    with pytest.raises(UserError, match="has n_layer=1 but this run has n_layer=12 "
                                          "\\(--preset 130m\\)"):
         train(TrainConfig(**{**run, "preset": "130m"}))
-    with pytest.raises(SystemExit, match="has block_size=64 but this run has block_size=128"):
+    with pytest.raises(UserError, match="has block_size=64 but this run has block_size=128"):
         train(TrainConfig(**{**run, "block_size": 128}))
     src = tmp_path / "c.txt"
     src.write_text("some text\n" * 500)
     prepare([str(src)], tmp_path / "bytes", "byte", val_every=0, workers=1)
-    with pytest.raises(SystemExit, match="needs data tokenized for GPT-2, but .* holds byte"):
+    with pytest.raises(UserError, match="needs data tokenized for GPT-2, but .* holds byte"):
         train(TrainConfig(**{**run, "data": str(tmp_path / "bytes")}))
-    with pytest.raises(SystemExit, match="unknown GPT-2 checkpoint|neither a GPT-2 checkpoint"):
+    with pytest.raises(UserError, match="unknown GPT-2 checkpoint|neither a GPT-2 checkpoint"):
         train(TrainConfig(**{**run, "init_from": "gpt3"}))
     assert not (tmp_path / "o").exists()

@@ -24,9 +24,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from common import atomic_write, download, write_json
 from data import SHARD_TOKENS, TOKENIZERS, get_tokenizer, shard_path, write_shard
 from tasks import TASK_ALIASES, TASK_FILES
+from tools import gpt2
+from tools.common import UserError, atomic_write, download, write_json
+from tools.export import export_hf
 
 TEXT_TYPES, JSON_TYPES = (".txt", ".txt.gz"), (".jsonl", ".jsonl.gz", ".json.gz")
 TXT_DOCS = ("file", "line")  # a .txt input is one document, or one document per line
@@ -196,15 +198,15 @@ class ShardWriter:
 
 def _check_settings(tokenizer_name, workers, shard_tokens=1, val_every=0, txt_docs="file"):
     if tokenizer_name not in TOKENIZERS:
-        raise SystemExit(f"--tokenizer {tokenizer_name!r}: choose one of {sorted(TOKENIZERS)}")
+        raise UserError(f"--tokenizer {tokenizer_name!r}: choose one of {sorted(TOKENIZERS)}")
     if workers < 0:
-        raise SystemExit(f"--workers must be >= 0 (0: cores - 1, at most 8), got {workers}")
+        raise UserError(f"--workers must be >= 0 (0: cores - 1, at most 8), got {workers}")
     if not 1 <= shard_tokens < 2 ** 31:  # the shard header holds the count as an int32
-        raise SystemExit(f"--shard_tokens must be in 1..{2 ** 31 - 1}, got {shard_tokens}")
+        raise UserError(f"--shard_tokens must be in 1..{2 ** 31 - 1}, got {shard_tokens}")
     if val_every < 0:
-        raise SystemExit(f"--val_every must be >= 0 (0: no validation split), got {val_every}")
+        raise UserError(f"--val_every must be >= 0 (0: no validation split), got {val_every}")
     if txt_docs not in TXT_DOCS:
-        raise SystemExit(f"--txt_docs must be one of {TXT_DOCS}, got {txt_docs!r}")
+        raise UserError(f"--txt_docs must be one of {TXT_DOCS}, got {txt_docs!r}")
 
 
 def prepare(inputs, out_dir, tokenizer_name="gpt2", val_inputs=(), val_every=200, workers=0,
@@ -217,19 +219,19 @@ def prepare(inputs, out_dir, tokenizer_name="gpt2", val_inputs=(), val_every=200
     # they were.
     _check_settings(tokenizer_name, workers, shard_tokens, val_every, txt_docs)
     if not inputs:
-        raise SystemExit("--input: give at least one text file")
+        raise UserError("--input: give at least one text file")
     for p in [*inputs, *val_inputs]:
         if not Path(p).is_file():
-            raise SystemExit(f"input file {p} does not exist")
+            raise UserError(f"input file {p} does not exist")
         if not str(p).endswith(TEXT_TYPES + JSON_TYPES):
-            raise SystemExit(f"{p}: unknown input type; give .txt, .jsonl or .json.gz files")
+            raise UserError(f"{p}: unknown input type; give .txt, .jsonl or .json.gz files")
     both = {Path(p).resolve() for p in inputs} & {Path(p).resolve() for p in val_inputs}
     if both:
-        raise SystemExit(f"{sorted(map(str, both))} given as both --input and --val_input; a "
+        raise UserError(f"{sorted(map(str, both))} given as both --input and --val_input; a "
                          "validation file must not also be trained on")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise SystemExit(f"--out {out_dir} is a file, not a directory")
+        raise UserError(f"--out {out_dir} is a file, not a directory")
     tok = get_tokenizer(tokenizer_name)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
@@ -276,7 +278,7 @@ def _write_shards(folder, inputs, tok, val_inputs, val_every, workers, shard_tok
             "train_shards": writers["train"].counts, "val_shards": writers["val"].counts}
     if not meta["train_shards"]:
         _summary(meta)
-        raise SystemExit(f"no training text in {', '.join(map(str, inputs))}; the output "
+        raise UserError(f"no training text in {', '.join(map(str, inputs))}; the output "
                          "directory is unchanged")
     write_json(meta, folder / "meta.json")
     return meta
@@ -324,7 +326,7 @@ def c4(num_shards, out_dir, tokenizer_name="gpt2", workers=0):
     """Download the first num_shards C4-English training files and one validation file, then
     prepare them into out_dir (the raw files stay in out_dir/raw)."""
     if not 1 <= num_shards <= 1024:
-        raise SystemExit(f"--shards must be in 1..1024 (C4 English has 1024 training files), "
+        raise UserError(f"--shards must be in 1..1024 (C4 English has 1024 training files), "
                          f"got {num_shards}")
     _check_settings(tokenizer_name, workers)
     out_dir = Path(out_dir)
@@ -351,7 +353,7 @@ def download_task(name, out_dir):
     """Fetch a task's files into out_dir/NAME/; returns the paths."""
     name = TASK_ALIASES.get(name, name)
     if name not in TASK_FILES:
-        raise SystemExit(f"unknown task {name!r}; choose one of {sorted(TASK_FILES)}")
+        raise UserError(f"unknown task {name!r}; choose one of {sorted(TASK_FILES)}")
     folder = Path(out_dir) / name
     paths = []
     for fname, url in TASK_FILES[name].items():
@@ -374,21 +376,26 @@ GPT2_NAMES = "gpt2, gpt2-medium, gpt2-large, gpt2-xl"
 
 
 def gpt2_weights(name, out_dir):
-    import gpt2  # only the GPT-2 commands need the model code
     folder = gpt2.download(name, out_dir)
     print(f"GPT-2 {name}: {folder}; start from it with --init_from "
           f"{name if Path(out_dir) == Path(GPT2_CACHE) else folder}")
 
 
 def export(ckpt, out_dir):
-    import gpt2
-    gpt2.export_hf(ckpt, out_dir)
+    export_hf(ckpt, out_dir)
     print(f"{out_dir}: {ckpt} as config.json + pytorch_model.bin in Hugging Face's GPT-2 layout")
 
 
 # -----------------------------------------------------------------------------------------------
 
 def main(argv=None):
+    try:
+        run(argv)
+    except UserError as e:  # a flag or file refused: one line that names it, no traceback
+        raise SystemExit(f"prepare: error: {e}")
+
+
+def run(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)

@@ -1,8 +1,8 @@
 """
-Helpers that train.py, finetune.py, experiment.py, bench.py and sample.py share, so that no script
-imports another: the command line built from a config dataclass, device and dtype, DDP setup, the
-learning-rate schedule, files written atomically, checkpoints, the checks of a train.py run before
-it starts (out_dir, --resume, the model's shape), and downloads.
+Helpers that every script shares; this module imports nothing of the project, so that any module
+may use it: the command line built from a config dataclass and checked at the door, device and
+dtype, DDP setup, the learning-rate schedule, run directories with one owner, files written
+atomically, and downloads.
 """
 import argparse
 import bz2
@@ -26,12 +26,26 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from model import GPT, GPTConfig, PRESETS, config_from_preset
 
 
 # -----------------------------------------------------------------------------------------------
 # The command line: one flag per field of a config dataclass, with the comment beside the field as
 # its help text, so the documentation of a setting lives in exactly one place.
+#
+# Checks at the door: each script's config has a check() that refuses, before any work, what its
+# flags and files cannot mean, raising UserError with a message that names the flag or file and
+# says what to do. Library code trusts its callers. A UserError that surfaces later (a damaged
+# shard, a full disk) is turned into the same one-line message by the script's main().
+
+class UserError(ValueError):
+    """A flag, file or setting that a run cannot use; the message names it and says what to do."""
+
+
+def require(ok, message):
+    """The door's check: a UserError with the message unless ok."""
+    if not ok:
+        raise UserError(message)
+
 
 def field_comments(cls):
     """{field name: the comment on its line} from the source of a dataclass."""
@@ -86,7 +100,20 @@ def check_ranges(cfg, ranges):
     for allowed, names in ranges.items():
         for name in names.split():
             if not RANGES[allowed](getattr(cfg, name)):
-                raise SystemExit(f"--{name} must be {allowed}, got {getattr(cfg, name)}")
+                raise UserError(f"--{name} must be {allowed}, got {getattr(cfg, name)}")
+
+
+def parse_config(cls, description, argv=None, choices=None):
+    """A script's config from its command line, checked at the door: argparse reads the flags,
+    then cls.check() what they mean together and the files they name. A refusal exits with one
+    line that names the flag or file, before any work."""
+    parser = config_parser(cls, description, choices)
+    cfg = cls(**vars(parser.parse_args(argv)))
+    try:
+        cfg.check()
+    except UserError as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    return cfg
 
 
 # -----------------------------------------------------------------------------------------------
@@ -97,9 +124,9 @@ def resolve_device(device):
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
-        raise SystemExit(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
+        raise UserError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"--device {device}: this machine has no CUDA GPU (torch "
+        raise UserError(f"--device {device}: this machine has no CUDA GPU (torch "
                          f"{torch.__version__}); use --device cpu or auto")
     return device
 
@@ -113,7 +140,7 @@ def resolve_dtype(dtype, device):
         cuda_bf16 = device_type == "cuda" and torch.cuda.is_bf16_supported()
         dtype = "bfloat16" if cuda_bf16 else "float32"
     if dtype not in ("float32", "bfloat16"):
-        raise SystemExit(f"--dtype must be auto, float32 or bfloat16, got {dtype!r}")
+        raise UserError(f"--dtype must be auto, float32 or bfloat16, got {dtype!r}")
     if dtype == "bfloat16":
         return dtype, torch.autocast(device_type, dtype=torch.bfloat16)
     return dtype, nullcontext()
@@ -162,12 +189,12 @@ def lr_at(step, max_steps, lr, warmup_steps, min_lr):
 # fresh name (never an existing file or a planted symlink that the write would follow).
 
 def write_error(path, e):
-    """The SystemExit for a failed write of path: a full disk is said in those words."""
+    """The UserError for a failed write of path: a full disk is said in those words."""
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return SystemExit(f"cannot write {path}: no space left on the disk; the previous version "
+        return UserError(f"cannot write {path}: no space left on the disk; the previous version "
                           "of the file is intact. Free some space and rerun (with --resume for "
                           "training).")
-    return SystemExit(f"cannot write {path}: {e.strerror or e}")
+    return UserError(f"cannot write {path}: {e.strerror or e}")
 
 
 def atomic_write(path, write, mode="wb"):
@@ -238,164 +265,10 @@ def read_jsonl(path):
             rows.append(json.loads(line))
         except json.JSONDecodeError:
             if i < len(lines):
-                raise SystemExit(f"{path}, line {i}: not valid JSON ({line[:60]!r}); "
+                raise UserError(f"{path}, line {i}: not valid JSON ({line[:60]!r}); "
                                  "fix or delete that line") from None
             print(f"note: {path}: dropped its last line, written only in part ({line[:60]!r})")
     return rows
-
-
-# -----------------------------------------------------------------------------------------------
-# Checkpoints: a dict of tensors and plain values, read with weights_only=True so that a
-# malicious pickle cannot run code. train.py's are resumable (optimizer, loader, RNG state);
-# finetune.py's hold the finetuned model and its finetune_config.
-
-def save_checkpoint(obj, path):
-    atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def checkpoint_kind(ckpt):
-    """'pretraining' (train.py), 'finetuned' (finetune.py) or 'foreign' (anything else)."""
-    if not isinstance(ckpt, dict) or not {"model", "model_config", "tokenizer"} <= ckpt.keys():
-        return "foreign"
-    if "finetune_config" in ckpt:
-        return "finetuned"
-    return "pretraining" if {"optimizer", "loader", "step"} <= ckpt.keys() else "foreign"
-
-
-KINDS = {"pretraining": "train.py's, with optimizer and loader state", "finetuned": "finetune.py's"}
-
-
-def read_checkpoint(path, device="cpu", kind=None):
-    """The dict of a ckpt.pt written by train.py or finetune.py (of that kind, if given);
-    anything else is refused, saying what was found there."""
-    if not os.path.isfile(path):
-        raise SystemExit(f"no checkpoint at {path}; train one first with "
-                         "`python train.py --out_dir DIR`")
-    expected = "expected a ckpt.pt written by train.py or finetune.py"
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # a damaged or foreign file fails in many ways inside the unpickler
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SystemExit(f"{path}: not a checkpoint this project can read ({first}); "
-                         f"{expected}") from None
-    found = checkpoint_kind(ckpt)
-    if found == "foreign":
-        found = (f"a dict with the keys {', '.join(sorted(map(str, ckpt))[:8])}"
-                 if isinstance(ckpt, dict) else f"a {type(ckpt).__name__}")
-        raise SystemExit(f"{path}: not a checkpoint of this project: found {found}; {expected} "
-                         "(a Hugging Face GPT-2 directory goes to --init_from)")
-    if kind is not None and found != kind:
-        raise SystemExit(f"{path} is a {found} checkpoint ({KINDS[found]}), but a {kind} one "
-                         f"({KINDS[kind]}) is needed here")
-    return ckpt
-
-
-def load_checkpoint(path, device="cpu"):
-    """(model, tokenizer, checkpoint dict) from a ckpt.pt written by train.py or finetune.py."""
-    from data import get_tokenizer  # data imports this module
-    ckpt = read_checkpoint(path, device)
-    model = GPT(GPTConfig(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
-    return model.to(device), get_tokenizer(ckpt["tokenizer"]), ckpt
-
-
-def load_model(ckpt_path, init_from, device="cpu"):
-    """(model, tokenizer, pause_frac) to finetune or sample from: a checkpoint of train.py or
-    finetune.py (StdPT or PausePT by its pause_frac), or GPT-2's weights (a StdPT model)."""
-    from data import get_tokenizer  # data and gpt2 import this module
-    import gpt2
-    if init_from:
-        tok = get_tokenizer("gpt2")  # GPT-2's vocabulary and <|pause|>, whose row gpt2.py adds
-        return gpt2.from_pretrained(init_from, tok.vocab_size).to(device), tok, 0.0
-    try:  # a foreign file is refused, saying what it holds and what a checkpoint holds
-        model, tok, ckpt = load_checkpoint(ckpt_path, device)
-    except SystemExit as e:
-        raise SystemExit(f"--ckpt: {e}") from None
-    if ckpt.get("pause_id") is None or tok.pause_id >= model.config.vocab_size:
-        raise SystemExit(f"--ckpt {ckpt_path}: the model's vocabulary ({model.config.vocab_size} "
-                         f"ids) has no pause token (the {tok.name} tokenizer's <|pause|> is id "
-                         f"{tok.pause_id}); train.py's vocabulary has it")
-    return model, tok, ckpt.get("pause_frac", 0.0)
-
-
-# -----------------------------------------------------------------------------------------------
-# A train.py run: its out_dir, checked before any work and readied once it starts, and what the
-# weights it starts from fix: the model's shape (GPT-2's for --init_from, the checkpoint's for
-# --resume), and for --resume also the tokenizer and pause_frac.
-
-def check_out_dir(out_dir, resume, overwrite):
-    """Refuse, before any work, what would lose a run: an --out_dir that is a file, --resume
-    with nothing to resume, or a new run over a checkpoint without --overwrite."""
-    path = os.path.join(out_dir, "ckpt.pt")
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise SystemExit(f"--out_dir {out_dir} is a file, not a directory; choose another")
-    if resume and overwrite:
-        raise SystemExit(f"--resume continues {path}, --overwrite deletes it: give one of them")
-    if resume and not os.path.isfile(path):
-        raise SystemExit(f"--resume: no checkpoint at {path}; run without --resume to start "
-                         "training")
-    if not resume and not overwrite and os.path.exists(path):
-        raise SystemExit(f"{path} exists: give --resume to continue that run, --overwrite to "
-                         "replace it, or another --out_dir")
-
-
-def start_run_dir(out_dir, resume_step=None):
-    """Ready out_dir for a run, with a note for each file removed. A resumed run keeps the rows of
-    its JSON-lines logs up to resume_step (rows after it come from a run killed after its last
-    checkpoint, and will be written again); a new run deletes the files of an earlier one. Both
-    delete the temporary files of writes that were killed (one can be as big as a model)."""
-    os.makedirs(out_dir, exist_ok=True)
-    for name in ("ckpt.pt", "metrics.jsonl"):
-        path = os.path.join(out_dir, name)
-        for tmp in glob.glob(os.path.join(glob.escape(out_dir), f".{glob.escape(name)}.*.tmp")):
-            os.remove(tmp)
-            print(f"note: removed {tmp}, left by a write that was interrupted")
-        if resume_step is None and os.path.exists(path):
-            os.remove(path)
-            print(f"note: removed {path} of an earlier run")
-        elif resume_step is not None and name.endswith(".jsonl") and os.path.isfile(path):
-            rows = [r for r in read_jsonl(path) if r["step"] <= resume_step]
-            atomic_write(path, lambda f: f.writelines(json.dumps(r) + "\n" for r in rows), "w")
-
-
-def model_config_of(cfg, vocab_size, ckpt=None):
-    """The model's shape for train.py's TrainConfig cfg: for a new run, a preset with the flags'
-    overrides; from GPT-2 or on --resume, the shape of those weights, which the flags may repeat
-    but not change (the context may be cut: the position embeddings beyond it go unused)."""
-    import gpt2  # gpt2 imports this module
-    flags = {k: getattr(cfg, k) for k in ("block_size", "n_layer", "n_head", "n_embd")
-             if getattr(cfg, k)}
-    if ckpt is None and not cfg.init_from:
-        return config_from_preset(cfg.preset, vocab_size, dropout=cfg.dropout, **flags)
-    if ckpt is not None:
-        source, shape = f"--resume: {cfg.out_dir}/ckpt.pt", ckpt["model_config"]
-    else:
-        source, shape = f"--init_from {cfg.init_from}", gpt2.hf_config(cfg.init_from)
-    model_config = GPTConfig(**{**shape, "vocab_size": vocab_size, "dropout": cfg.dropout})
-    # --preset counts only when given: its default is no request
-    asked = {**(PRESETS[cfg.preset] if cfg.preset != type(cfg).preset else {}), **flags}
-    for k, v in asked.items():
-        have = getattr(model_config, k)
-        if v > have or (v < have and k != "block_size"):
-            flag = f"--{k}" if k in flags else f"--preset {cfg.preset}"
-            raise SystemExit(f"{source} has {k}={have} but this run has {k}={v} ({flag}); the "
-                             "weights fix the model's shape: leave the flag out")
-    return model_config
-
-
-def check_resume(ckpt, path, cfg, tok_name, world_size, master):
-    """Refuse a checkpoint of another tokenizer or pause_frac, naming the field; a change of the
-    batch or world size is allowed, with a note."""
-    for key, saved, value in (("tokenizer", ckpt["tokenizer"], tok_name),
-                              ("pause_frac", ckpt["pause_frac"], cfg.pause_frac)):
-        if saved != value:
-            raise SystemExit(f"--resume: {path} was made with {key}={saved}, this run has "
-                             f"{key}={value}; use the same data and flags, or another --out_dir")
-    then = ckpt["config"]["batch_size"], ckpt.get("world_size", world_size)
-    if then != (cfg.batch_size, world_size) and master:
-        print(f"note: resuming with batch_size {cfg.batch_size} x {world_size} processes; the "
-              f"checkpoint was written with {then[0]} x {then[1]}. The data continues where it "
-              "stopped, but the steps are no longer those of one uninterrupted run.")
 
 
 # -----------------------------------------------------------------------------------------------
@@ -441,7 +314,7 @@ def download(url, dest, retries=3, timeout=60):
                 raise ConnectionError(f"got {part.stat().st_size} of {total} bytes")
         except urllib.error.HTTPError as e:
             if e.code != 416:  # 416: nothing left after the bytes we have, i.e. complete
-                raise SystemExit(f"download of {url} failed: HTTP {e.code} {e.reason}")
+                raise UserError(f"download of {url} failed: HTTP {e.code} {e.reason}")
         except (urllib.error.URLError, OSError) as e:
             print(f"download of {url} interrupted ({e}); attempt {attempt}/{retries}, resuming")
             continue
@@ -453,7 +326,7 @@ def download(url, dest, retries=3, timeout=60):
             continue
         os.replace(part, dest)
         return dest
-    raise SystemExit(f"could not download {url} intact after {retries} attempts; run the command "
+    raise UserError(f"could not download {url} intact after {retries} attempts; run the command "
                      f"again (a partial {part.name} is resumed)")
 
 

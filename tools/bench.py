@@ -25,9 +25,9 @@ import torch
 from tqdm import tqdm
 
 import pause
-from common import config_parser, resolve_device, resolve_dtype, write_json
 from data import PretrainLoader, to_device
 from model import GPT, PRESETS, config_from_preset
+from tools.common import UserError, config_parser, resolve_device, resolve_dtype, write_json
 
 # The bench needs only the vocabulary's size and the pause id of each tokenizer (data.py), not its
 # merge files: a GPU machine without internet cannot download GPT-2's. tests/test_bench.py checks
@@ -84,11 +84,11 @@ def resolve(cfg):
     """Fill in the 'auto' settings and check the rest, naming the flag at fault."""
     parts = [w.strip() for w in cfg.what.split(",") if w.strip()]
     if not parts or any(w not in ("loader", "train", "generate") for w in parts):
-        raise SystemExit(f"--what {cfg.what!r}: use a comma-separated subset of "
+        raise UserError(f"--what {cfg.what!r}: use a comma-separated subset of "
                          "loader,train,generate")
     cfg.what = ",".join(parts)
     if cfg.preset not in PRESETS:
-        raise SystemExit(f"--preset {cfg.preset!r}: choose one of {sorted(PRESETS)}")
+        raise UserError(f"--preset {cfg.preset!r}: choose one of {sorted(PRESETS)}")
     cfg.device = resolve_device(cfg.device)
     cuda = cfg.device.startswith("cuda")
     cfg.dtype, _ = resolve_dtype(cfg.dtype, cfg.device)
@@ -106,17 +106,17 @@ def resolve(cfg):
     for name in ("batch_size", "block_size", "steps", "rounds", "prompt_len", "new_tokens",
                  "batch_prompts", "batch_prompt_len"):
         if getattr(cfg, name) < 1:
-            raise SystemExit(f"--{name} must be >= 1, got {getattr(cfg, name)}")
+            raise UserError(f"--{name} must be >= 1, got {getattr(cfg, name)}")
     if cfg.num_pauses < 0:
-        raise SystemExit(f"--num_pauses must be >= 0, got {cfg.num_pauses}")
+        raise UserError(f"--num_pauses must be >= 0, got {cfg.num_pauses}")
     context = max(cfg.block_size, GENERATE_CONTEXT)
     for flag in ("prompt_len", "batch_prompt_len"):
         if getattr(cfg, flag) + cfg.num_pauses + cfg.new_tokens > context:
-            raise SystemExit(f"--{flag} {getattr(cfg, flag)} + --num_pauses {cfg.num_pauses} + "
+            raise UserError(f"--{flag} {getattr(cfg, flag)} + --num_pauses {cfg.num_pauses} + "
                              f"--new_tokens {cfg.new_tokens} is more than the generation test's "
                              f"context of {context}; ask for fewer")
     if not 0.0 < cfg.pause_frac < 1.0:
-        raise SystemExit(f"--pause_frac must be in (0, 1) (the paper uses 0.1), "
+        raise UserError(f"--pause_frac must be in (0, 1) (the paper uses 0.1), "
                          f"got {cfg.pause_frac}")
     return cfg
 
@@ -490,7 +490,10 @@ def bench(cfg):
 
 
 def main(argv=None):
-    cfg = parse_args(argv)
+    try:
+        cfg = parse_args(argv)
+    except UserError as e:  # a flag refused: one line that names it, no traceback
+        raise SystemExit(f"bench: error: {e}")
     figures = bench(cfg)
     print(report(cfg, figures))
     if cfg.json:

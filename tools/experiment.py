@@ -54,15 +54,16 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import pause
-from common import checkpoint_kind, config_parser, lr_at, read_checkpoint, write_json
 from data import get_tokenizer, world_split
 from model import GPT, GPTConfig
 from tasks import BUILTIN, TASKS
+from tools.checkpoint import checkpoint_kind, read_checkpoint
+from tools.common import UserError, config_parser, lr_at, write_json
 
 TOK = get_tokenizer("byte")
 EOT, PAUSE_ID, DOT = TOK.eot_id, TOK.pause_id, TOK.encode(".")[0]
 CONFIGS = ("StdPT_StdFT", "StdPT_PauseFT", "PausePT_StdFT", "PausePT_PauseFT")
-ROOT = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 
 
 @dataclass
@@ -410,15 +411,15 @@ def check_pretrained(path, pt, flag):
     of kind pt ('StdPT': pause_frac 0, 'PausePT': > 0)."""
     ckpt = read_checkpoint(path)  # a file that is no checkpoint of this project is named there
     if checkpoint_kind(ckpt) != "pretraining":
-        raise SystemExit(f"{flag} {path}: a {checkpoint_kind(ckpt)} checkpoint; expected a "
+        raise UserError(f"{flag} {path}: a {checkpoint_kind(ckpt)} checkpoint; expected a "
                          "pretraining one written by train.py")
     frac = ckpt["pause_frac"]
     if (frac > 0) != (pt == "PausePT"):
         found = "PausePT" if frac > 0 else "StdPT"
-        raise SystemExit(f"{flag} {path}: pause_frac {frac}, a {found} checkpoint; {flag} needs "
+        raise UserError(f"{flag} {path}: pause_frac {frac}, a {found} checkpoint; {flag} needs "
                          f"a {pt} one (pause_frac {'> 0' if pt == 'PausePT' else '0'})")
     if ckpt["step"] < planned_steps(ckpt):
-        raise SystemExit(f"{flag} {path}: pretraining stopped at step {ckpt['step']} of "
+        raise UserError(f"{flag} {path}: pretraining stopped at step {ckpt['step']} of "
                          f"{planned_steps(ckpt)}; finish it with `python train.py --resume` and "
                          "the flags of that run, or pass another checkpoint")
 
@@ -451,7 +452,7 @@ def pretraining_plan(cfg):
                 ckpt["pause_frac"], ckpt["config"]["data"], planned_steps(ckpt))
             want = settings(frac, "", cfg.pretrain_steps)
             if made != want:
-                raise SystemExit(f"{path} holds another run ({made}); this one needs {want}. "
+                raise UserError(f"{path} holds another run ({made}); this one needs {want}. "
                                  f"Use another --out_dir, or delete {run_dir}")
             if ckpt["step"] >= cfg.pretrain_steps:
                 print(f"reusing {path} ({pt}, finished at step {ckpt['step']})")
@@ -470,7 +471,7 @@ def run_script(script, args, quiet):
     proc = subprocess.run(cmd, capture_output=quiet, text=True)
     if proc.returncode:
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:]) if quiet else ""
-        raise SystemExit(f"{' '.join(cmd)}\nfailed with exit code {proc.returncode}\n{tail}")
+        raise UserError(f"{' '.join(cmd)}\nfailed with exit code {proc.returncode}\n{tail}")
 
 
 def finetune_run(cfg, ckpt, seed, m_ft, m_inf, where, filler, run_dir, steps, save):
@@ -706,7 +707,10 @@ def check_count(parser, cfg):
 
 
 def main(argv=None):
-    experiment(parse_args(argv))
+    try:
+        experiment(parse_args(argv))
+    except UserError as e:  # a flag or file refused: one line that names it, no traceback
+        raise SystemExit(f"experiment: error: {e}")
 
 
 if __name__ == "__main__":
