@@ -14,11 +14,14 @@ import io
 import json
 import math
 import os
+import socket
+import sys
 import tempfile
+import time
 import tokenize
 import urllib.request
 import zlib
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import MISSING, fields
 from pathlib import Path
 
@@ -60,11 +63,29 @@ def field_comments(cls):
 
 
 def _int(text):
-    """An integer flag that also accepts 200e9 (the token budgets are easier to read that way)."""
+    """An integer flag, also written 200e9 (token budgets read better that way). inf, nan and
+    numbers beyond 64 bits are refused: no setting of this project means them."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = float(text)  # a ValueError here is argparse's "invalid int value"
+        if not math.isfinite(value) or value != int(value):
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
+        value = int(value)
+    if abs(value) >= 2 ** 63:
+        raise argparse.ArgumentTypeError(f"{text} does not fit in 64 bits")
+    return value
+
+
+def _float(text):
+    """A number flag; inf and nan are refused (a NaN would pass every later range check)."""
     value = float(text)
-    if value != int(value):
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
-    return int(value)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+TYPES = {int: _int, float: _float}  # how a flag of the field's type is read
 
 
 def config_parser(cls, description, choices=None):
@@ -83,7 +104,7 @@ def config_parser(cls, description, choices=None):
             parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction,
                                 default=default, help=help_text)
         else:
-            parser.add_argument(f"--{f.name}", type=_int if f.type is int else f.type,
+            parser.add_argument(f"--{f.name}", type=TYPES.get(f.type, f.type),
                                 default=default, choices=choices.get(f.name), help=help_text,
                                 metavar=f.name.upper())
     return parser
@@ -181,6 +202,59 @@ def lr_at(step, max_steps, lr, warmup_steps, min_lr):
         return lr * (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
+
+
+
+# -----------------------------------------------------------------------------------------------
+# A run directory has one owner. A run (train, finetune, experiment, prepare's output) holds
+# DIR/.lock while it lives: made with O_EXCL, which is atomic on local disks and on the NFS of a
+# cluster, and naming its holder. A second run is refused, naming the holder; a lock left by a
+# killed process of this host is stale and is taken over with a note. A holder on another host
+# cannot be seen from here, so its lock is never guessed dead: the message says how to clear it.
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)  # signal 0 checks that the process exists, and sends nothing
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+@contextmanager
+def own_run_dir(out_dir, flag="--out_dir"):
+    """Hold out_dir/.lock for the lifetime of the with-block (the directory is created)."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, ".lock")
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.ctime(),
+          "command": " ".join(sys.argv)}
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            try:
+                with open(path) as f:
+                    holder = json.load(f)
+            except (OSError, ValueError):  # being written this very moment: held
+                holder = {}
+            same_host = holder.get("host") == me["host"]
+            if same_host and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
+                print(f"note: {path} was left by process {holder['pid']}, which has ended; "
+                      "taken over")
+                os.remove(path)
+                continue
+            who = (f"process {holder.get('pid')} on {holder.get('host')} since "
+                   f"{holder.get('since')} ({holder.get('command')})" if holder else "another run")
+            raise UserError(f"{flag} {out_dir} is in use by {who}; wait for it to end or use "
+                            f"another {flag}. If that run is dead, delete {path}")
+    with os.fdopen(fd, "w") as f:
+        json.dump(me, f)
+    try:
+        yield out_dir
+    finally:
+        os.remove(path)
 
 
 # -----------------------------------------------------------------------------------------------
