@@ -7,12 +7,11 @@ import torch
 
 from tools import bench
 from data import get_tokenizer
-from tools.common import UserError
 
 SMALL = ["--preset", "tiny", "--device", "cpu", "--batch_size", "2", "--block_size", "64",
          "--steps", "1", "--warmup", "1", "--rounds", "1", "--loader_seconds", "0.05",
-         "--prompt_len", "24", "--num_pauses_eval", "3", "--new_tokens", "8", "--batch_prompts", "12",
-         "--batch_prompt_len", "20"]
+         "--prompt_len", "24", "--num_pauses_eval", "3", "--new_tokens", "8",
+         "--batch_prompts", "12", "--batch_prompt_len", "20"]
 
 
 def numbers(obj):

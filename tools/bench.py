@@ -450,7 +450,8 @@ def report(cfg, figures):
         lo, hi = g["batched_prompt_lens"]
         lines.append(f"| generate | tokens/s, KV cache / full re-run ({g['prompt_tokens']}-token "
                      f"prompt with {cfg.num_pauses_eval} pauses, {cfg.new_tokens} new; same "
-                     f"tokens: {yes[g['same_tokens']]}) | {fmt_rate(g['kv_cache_tokens_per_s'])} | "
+                     f"tokens: {yes[g['same_tokens']]}) | "
+                     f"{fmt_rate(g['kv_cache_tokens_per_s'])} | "
                      f"{fmt_rate(g['full_rerun_tokens_per_s'])} | |")
         lines.append(f"| generate | tokens/s, batched / batch-1 ({cfg.batch_prompts} prompts of "
                      f"{lo}-{hi} tokens + {cfg.num_pauses_eval} pauses, {cfg.new_tokens} new; "

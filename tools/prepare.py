@@ -302,9 +302,13 @@ def finish_interrupted_prepare(out_dir):
         print(f"note: {out_dir}: a prepare was stopped while it moved its finished dataset in "
               "(whose shards are complete); that move is finished first")
         _move_in(new, out_dir)
-    for left in sorted(out_dir.glob(f"{NEW_PREFIX}*.tmp")):
+    # (a journal cut short by the kill is one of atomic_write's temporary files)
+    for left in sorted([*out_dir.glob(f"{NEW_PREFIX}*.tmp"), *out_dir.glob(f".{SWAP}.*.tmp")]):
         print(f"note: removed {left}, the unfinished output of a prepare that was stopped")
-        shutil.rmtree(left)
+        if left.is_dir():
+            shutil.rmtree(left)
+        else:
+            left.unlink()
 
 
 def _move_in(new, out_dir):
