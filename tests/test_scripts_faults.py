@@ -174,7 +174,7 @@ def test_a_kill_at_any_point_of_prepare_keeps_one_whole_dataset(tmp_path, monkey
                 assert documents(out) in (old_docs, new_docs), k
             except UserError:
                 assert not (out / "meta.json").exists()
-            P.finish_interrupted_prepare(out)
+            P.finish_or_remove_killed_runs(out)
             assert documents(out) == new_docs and not (out / ".swap.json").exists()
         else:
             data_meta(out)

@@ -271,7 +271,7 @@ def prepare(inputs, out_dir, tokenizer_name="gpt2", val_inputs=(), val_every=200
     document does (0: no validation split). Returns meta, the dict written to meta.json."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    finish_interrupted_prepare(out_dir)
+    finish_or_remove_killed_runs(out_dir)
     tok = get_tokenizer(tokenizer_name)
     new = Path(tempfile.mkdtemp(prefix=NEW_PREFIX, suffix=".tmp", dir=out_dir))
     try:
@@ -286,7 +286,7 @@ def prepare(inputs, out_dir, tokenizer_name="gpt2", val_inputs=(), val_every=200
     except BaseException:
         shutil.rmtree(new, ignore_errors=True)
         raise
-    _move_in(new, out_dir)
+    _replace_old_dataset(new, out_dir)
     for split in ("train", "val"):
         for i, n in enumerate(meta[f"{split}_shards"]):
             print(f"{shard_path(out_dir, split, i)}: {n:,} tokens")
@@ -294,14 +294,14 @@ def prepare(inputs, out_dir, tokenizer_name="gpt2", val_inputs=(), val_every=200
     return meta
 
 
-def finish_interrupted_prepare(out_dir):
+def finish_or_remove_killed_runs(out_dir):
     """Finish the move of a complete dataset that a killed run had begun, and remove the hidden
     directories of killed runs that had not finished theirs. Needs out_dir's lock."""
     if (out_dir / SWAP).exists():
         new = out_dir / json.loads((out_dir / SWAP).read_text())["new"]
         print(f"note: {out_dir}: a prepare was stopped while it moved its finished dataset in "
               "(whose shards are complete); that move is finished first")
-        _move_in(new, out_dir)
+        _replace_old_dataset(new, out_dir)
     # (a journal cut short by the kill is one of atomic_write's temporary files)
     for left in sorted([*out_dir.glob(f"{NEW_PREFIX}*.tmp"), *out_dir.glob(f".{SWAP}.*.tmp")]):
         print(f"note: removed {left}, the unfinished output of a prepare that was stopped")
@@ -311,7 +311,7 @@ def finish_interrupted_prepare(out_dir):
             left.unlink()
 
 
-def _move_in(new, out_dir):
+def _replace_old_dataset(new, out_dir):
     """Move the shards and meta.json of the complete dataset in `new` into out_dir in place of
     the old ones (other files, such as c4's raw/ downloads, stay). Safe to repeat from any point:
     meta.json is removed before the first shard moves and comes back last, so a reader never
