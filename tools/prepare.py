@@ -580,14 +580,18 @@ class ExportConfig:
 
 COMMANDS = {"prepare": PrepareConfig, "c4": C4Config, "task": TaskConfig, "gpt2": Gpt2Config,
             "export": ExportConfig}
-CHOICES = {"tokenizer": sorted(TOKENIZERS), "txt_docs": list(TXT_DOCS),
-           "task.name": sorted({*TASK_FILES, *TASK_ALIASES}), "gpt2.name": list(gpt2.NAMES)}
+TOKENIZER = {"tokenizer": sorted(TOKENIZERS)}
+CHOICES = {"prepare": {**TOKENIZER, "txt_docs": list(TXT_DOCS)},
+           "c4": TOKENIZER,
+           "task": {"name": sorted({*TASK_FILES, *TASK_ALIASES})},
+           "gpt2": {"name": list(gpt2.NAMES)},
+           "export": {}}
 LISTS = {"input": "+", "val_input": "*"}  # flags that take several files
 
 
 def parse_command(argv=None):
-    """(the config of the command argv names), checked at the door as tools.common.parse_config
-    does; a refusal exits with one line naming the flag or file."""
+    """The config of the command that argv names, checked at the door as
+    tools.common.parse_config does: a refusal exits with one line naming the flag or file."""
     top = argparse.ArgumentParser(prog="python -m tools.prepare", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     top.add_argument("command", choices=list(COMMANDS),
@@ -599,13 +603,12 @@ def parse_command(argv=None):
     if args.command in ("task", "gpt2") and rest and not rest[0].startswith("-"):
         rest = ["--name", *rest]  # `task gsm8k` as README writes it
     cls = COMMANDS[args.command]
-    choices = {k.split(".")[-1]: v for k, v in CHOICES.items()
-               if "." not in k or k.startswith(f"{args.command}.")}
-    parser = config_parser(cls, cls.__doc__, choices)
+    parser = config_parser(cls, cls.__doc__, CHOICES[args.command])
     parser.prog = f"{top.prog} {args.command}"
     for action in parser._actions:  # a list field takes several files (config_parser: one)
         if action.dest in LISTS:
-            action.nargs, action.type = LISTS[action.dest], str
+            action.nargs = LISTS[action.dest]
+            action.type = str
     cfg = cls(**vars(parser.parse_args(rest)))
     try:
         cfg.check()
