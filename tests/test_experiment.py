@@ -140,7 +140,7 @@ def test_teacher_forced_first_answer_token_matches_pause_generate(where):
     logits[..., E.TOK.vocab_size:] = float("-inf")
     first = logits.argmax(-1)[:, (y != pause.IGNORE).int().argmax(1)].diagonal()
     for i, (prompt, _) in enumerate(test):
-        greedy = pause.pause_generate(model, ids(prompt), 4, P, 1, where=where)
+        greedy = pause.pause_generate(model, [ids(prompt)], 4, P, 1, where=where)[0]
         assert greedy == [first[i].item()]
 
 

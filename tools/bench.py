@@ -10,15 +10,15 @@ How fast is pause-pretraining? One run measures and prints a table of:
 
 Each target is a ratio or a share taken within this one run, printed with PASS/FAIL next to it.
 
-    python bench.py                                   # tiny preset on the CPU, a few minutes
-    python bench.py --preset 130m --json out.json     # on a GPU: bf16, torch.compile
+    python -m tools.bench                               # tiny preset on the CPU, a few minutes
+    python -m tools.bench --preset 130m --json out.json # on a GPU: bf16, torch.compile
 """
 import gc
 import math
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -27,7 +27,8 @@ from tqdm import tqdm
 import pause
 from data import PretrainLoader, to_device
 from model import GPT, PRESETS, config_from_preset
-from tools.common import UserError, config_parser, resolve_device, resolve_dtype, write_json
+from tools.common import (UserError, check_ranges, parse_config, require, resolve_device,
+                          resolve_dtype, write_json)
 
 # The bench needs only the vocabulary's size and the pause id of each tokenizer (data.py), not its
 # merge files: a GPU machine without internet cannot download GPT-2's. tests/test_bench.py checks
@@ -49,6 +50,9 @@ BATCHED_SPEEDUP = {("tiny", "cpu"): 5.0, ("130m", "cuda"): 20.0}  # 64 prompts a
 ONE_BY_ONE = 8                   # prompts decoded one at a time for the batch-1 rate
 
 
+PARTS = ("loader", "train", "generate")
+
+
 @dataclass
 class BenchConfig:
     preset: str = "tiny"          # the model's shape
@@ -64,61 +68,71 @@ class BenchConfig:
     pause_frac: float = 0.1       # training: the paper's M_pt = 10% of the sequence
     tokenizer: str = "auto"       # auto: byte for tiny, gpt2 otherwise
     prompt_len: int = 1024        # generation: the prompt of the KV-cache test, in tokens
-    num_pauses: int = 10          # generation: M_inf pauses after each prompt
+    num_pauses_eval: int = 10     # generation: M_inf pauses after each prompt
     new_tokens: int = 256         # generation: tokens decoded after the pauses
     batch_prompts: int = 64       # batched decoding: prompts of mixed lengths in one batch
     batch_prompt_len: int = 0     # batched decoding: the longest prompt; 0: context / 4
-    loader_seconds: float = 1.0   # how long each loader measurement runs
+    loader_seconds: float = 1.0   # how long each loader measurement runs, in (0, 3600]
     json: str = ""                # also write the figures to this file
     seed: int = 0                 # for the synthetic tokens and the model's initialization
 
+    def check(self):
+        parts = [w.strip() for w in self.what.split(",")]
+        require(all(w in PARTS for w in parts),
+                f"--what {self.what!r}: use a comma-separated subset of loader,train,generate")
+        resolve_dtype(self.dtype, resolve_device(self.device))  # names --device or --dtype
+        check_ranges(self, {">= 0": "batch_size block_size steps warmup rounds num_pauses_eval "
+                                    "batch_prompt_len seed",
+                            ">= 1": "prompt_len new_tokens batch_prompts"})
+        require(0.0 < self.loader_seconds <= 3600, "--loader_seconds must be in (0, 3600] "
+                f"(each loader measurement runs that long), got {self.loader_seconds}")
+        require(0.0 < self.pause_frac < 1.0, "--pause_frac must be in (0, 1) (the paper uses "
+                f"0.1), got {self.pause_frac}")
+        context = max(self.block_size or PRESETS[self.preset]["block_size"], GENERATE_CONTEXT)
+        longest = {"prompt_len": self.prompt_len, "batch_prompt_len": self.batch_prompt_len
+                   or PRESETS[self.preset]["block_size"] // 4}
+        for flag, length in longest.items():
+            require(length + self.num_pauses_eval + self.new_tokens <= context,
+                    f"--{flag} {length} + --num_pauses_eval {self.num_pauses_eval} + "
+                    f"--new_tokens {self.new_tokens} is more than the generation test's "
+                    f"context of {context}; ask for fewer")
+        if self.json:  # checked now: a missing folder must not lose a finished benchmark
+            folder = os.path.dirname(os.path.abspath(self.json))
+            require(not os.path.isdir(self.json), f"--json {self.json} is a directory; give a "
+                    "file name")
+            require(os.path.isdir(folder), f"--json {self.json}: the directory {folder} does "
+                    "not exist; create it first")
+            require(os.access(folder, os.W_OK | os.X_OK), f"--json {self.json}: the directory "
+                    f"{folder} is not writable")
+
+
+def settle(cfg):
+    """The config with its 'auto' and 0 settings replaced by what this machine and preset use."""
+    device = resolve_device(cfg.device)
+    cuda = device.startswith("cuda")
+    preset = PRESETS[cfg.preset]
+    return replace(
+        cfg, device=device,
+        dtype=resolve_dtype(cfg.dtype, device)[0],
+        compile=cuda if cfg.compile is None else cfg.compile,
+        tokenizer=("byte" if cfg.preset == "tiny" else "gpt2") if cfg.tokenizer == "auto"
+        else cfg.tokenizer,
+        what=",".join(w.strip() for w in cfg.what.split(",")),
+        batch_size=cfg.batch_size or BATCH_SIZE[cfg.preset],
+        block_size=cfg.block_size or preset["block_size"],
+        steps=cfg.steps or (20 if cuda else 3),
+        rounds=cfg.rounds or (2 if cuda else 3),
+        warmup=cfg.warmup or (5 if cuda else 1),
+        # Evaluation-sized prompts (a question, a passage), as finetune.py decodes them in batches.
+        batch_prompt_len=cfg.batch_prompt_len or preset["block_size"] // 4)
+
+
+CHOICES = {"preset": sorted(PRESETS), "dtype": ["auto", "float32", "bfloat16"],
+           "tokenizer": ["auto", *VOCAB]}
+
 
 def parse_args(argv=None):
-    parser = config_parser(BenchConfig, __doc__, choices={
-        "preset": sorted(PRESETS), "dtype": ["auto", "float32", "bfloat16"],
-        "tokenizer": ["auto", *VOCAB]})
-    return resolve(BenchConfig(**vars(parser.parse_args(argv))))
-
-
-def resolve(cfg):
-    """Fill in the 'auto' settings and check the rest, naming the flag at fault."""
-    parts = [w.strip() for w in cfg.what.split(",") if w.strip()]
-    if not parts or any(w not in ("loader", "train", "generate") for w in parts):
-        raise UserError(f"--what {cfg.what!r}: use a comma-separated subset of "
-                         "loader,train,generate")
-    cfg.what = ",".join(parts)
-    if cfg.preset not in PRESETS:
-        raise UserError(f"--preset {cfg.preset!r}: choose one of {sorted(PRESETS)}")
-    cfg.device = resolve_device(cfg.device)
-    cuda = cfg.device.startswith("cuda")
-    cfg.dtype, _ = resolve_dtype(cfg.dtype, cfg.device)
-    if cfg.compile is None:
-        cfg.compile = cuda
-    if cfg.tokenizer == "auto":
-        cfg.tokenizer = "byte" if cfg.preset == "tiny" else "gpt2"
-    cfg.batch_size = cfg.batch_size or BATCH_SIZE[cfg.preset]
-    cfg.block_size = cfg.block_size or PRESETS[cfg.preset]["block_size"]
-    cfg.steps = cfg.steps or (20 if cuda else 3)
-    cfg.rounds = cfg.rounds or (2 if cuda else 3)
-    cfg.warmup = cfg.warmup or (5 if cuda else 1)
-    # Evaluation-sized prompts (a question, a passage), as finetune.py decodes them in batches.
-    cfg.batch_prompt_len = cfg.batch_prompt_len or PRESETS[cfg.preset]["block_size"] // 4
-    for name in ("batch_size", "block_size", "steps", "rounds", "prompt_len", "new_tokens",
-                 "batch_prompts", "batch_prompt_len"):
-        if getattr(cfg, name) < 1:
-            raise UserError(f"--{name} must be >= 1, got {getattr(cfg, name)}")
-    if cfg.num_pauses < 0:
-        raise UserError(f"--num_pauses must be >= 0, got {cfg.num_pauses}")
-    context = max(cfg.block_size, GENERATE_CONTEXT)
-    for flag in ("prompt_len", "batch_prompt_len"):
-        if getattr(cfg, flag) + cfg.num_pauses + cfg.new_tokens > context:
-            raise UserError(f"--{flag} {getattr(cfg, flag)} + --num_pauses {cfg.num_pauses} + "
-                             f"--new_tokens {cfg.new_tokens} is more than the generation test's "
-                             f"context of {context}; ask for fewer")
-    if not 0.0 < cfg.pause_frac < 1.0:
-        raise UserError(f"--pause_frac must be in (0, 1) (the paper uses 0.1), "
-                         f"got {cfg.pause_frac}")
-    return cfg
+    return settle(parse_config(BenchConfig, __doc__, argv, CHOICES))
 
 
 # -----------------------------------------------------------------------------------------------
@@ -292,14 +306,14 @@ def bench_train_fitting(cfg, tokens, peak_flops):
 def bench_generate(cfg):
     """Pause-inference, greedy, pause banned: one prompt with and without the KV cache; then
     cfg.batch_prompts prompts of mixed lengths decoded as one left-padded batch against one by one
-    (pause.pause_generate given a list, and given each prompt)."""
+    (pause.pause_generate given the whole list, and given each prompt alone)."""
     pause_id = VOCAB[cfg.tokenizer]["pause_id"]
-    need = max(cfg.prompt_len, cfg.batch_prompt_len) + cfg.num_pauses + cfg.new_tokens
+    need = max(cfg.prompt_len, cfg.batch_prompt_len) + cfg.num_pauses_eval + cfg.new_tokens
     model = make_model(cfg, block_size=max(need, PRESETS[cfg.preset]["block_size"]))
     model.to(getattr(torch, cfg.dtype)).eval()
     g = torch.Generator().manual_seed(cfg.seed)
     prompt = torch.randint(0, pause_id, (cfg.prompt_len,), generator=g)
-    idx = pause.append_pauses(prompt, cfg.num_pauses, pause_id).to(cfg.device).unsqueeze(0)
+    idx = pause.append_pauses(prompt, cfg.num_pauses_eval, pause_id).to(cfg.device).unsqueeze(0)
     out, res = {}, {}
     for use_cache in (True, False):
         name = "kv_cache" if use_cache else "full_rerun"
@@ -321,7 +335,7 @@ def bench_generate(cfg):
     prompts = [torch.randint(0, pause_id, (n,), generator=g).tolist() for n in lens]
 
     def decode(p):  # both ways take the prompt processing and the decoding of every new token
-        return pause.pause_generate(model, p, cfg.num_pauses, pause_id, cfg.new_tokens)
+        return pause.pause_generate(model, p, cfg.num_pauses_eval, pause_id, cfg.new_tokens)
     decode(prompts[:2])  # warm up
     sync(cfg.device)
     t0 = time.perf_counter()
@@ -332,7 +346,7 @@ def bench_generate(cfg):
     order = sorted(range(cfg.batch_prompts), key=lens.__getitem__)
     some = order[::max(1, cfg.batch_prompts // ONE_BY_ONE)][:ONE_BY_ONE]
     t0 = time.perf_counter()
-    single = {i: decode(prompts[i]) for i in some}
+    single = {i: decode([prompts[i]])[0] for i in some}
     sync(cfg.device)
     res["batch1_tokens_per_s"] = len(some) * cfg.new_tokens / (time.perf_counter() - t0)
     res["batched_speedup"] = res["batched_tokens_per_s"] / res["batch1_tokens_per_s"]
@@ -402,7 +416,7 @@ def fmt_check(row):
 
 def report(cfg, figures):
     env, pf = figures["env"], f"pause_frac {cfg.pause_frac:g}"
-    lines = [f"## bench.py: preset {cfg.preset} on {env['device_name']}", "",
+    lines = [f"## tools.bench: preset {cfg.preset} on {env['device_name']}", "",
              f"torch {env['torch']}, {cfg.dtype}, compile {'on' if cfg.compile else 'off'}, "
              f"tokenizer {cfg.tokenizer} (vocab {VOCAB[cfg.tokenizer]['vocab_size']}), "
              f"{env['cpu']}", ""]
@@ -435,12 +449,13 @@ def report(cfg, figures):
         yes = {True: "yes", False: "no"}
         lo, hi = g["batched_prompt_lens"]
         lines.append(f"| generate | tokens/s, KV cache / full re-run ({g['prompt_tokens']}-token "
-                     f"prompt with {cfg.num_pauses} pauses, {cfg.new_tokens} new; same tokens: "
-                     f"{yes[g['same_tokens']]}) | {fmt_rate(g['kv_cache_tokens_per_s'])} | "
+                     f"prompt with {cfg.num_pauses_eval} pauses, {cfg.new_tokens} new; same "
+                     f"tokens: {yes[g['same_tokens']]}) | "
+                     f"{fmt_rate(g['kv_cache_tokens_per_s'])} | "
                      f"{fmt_rate(g['full_rerun_tokens_per_s'])} | |")
         lines.append(f"| generate | tokens/s, batched / batch-1 ({cfg.batch_prompts} prompts of "
-                     f"{lo}-{hi} tokens + {cfg.num_pauses} pauses, {cfg.new_tokens} new; same "
-                     f"tokens: {yes[g['batched_same_tokens']]}) | "
+                     f"{lo}-{hi} tokens + {cfg.num_pauses_eval} pauses, {cfg.new_tokens} new; "
+                     f"same tokens: {yes[g['batched_same_tokens']]}) | "
                      f"{fmt_rate(g['batched_tokens_per_s'])} | "
                      f"{fmt_rate(g['batch1_tokens_per_s'])} | |")
     lines += ["", "| target | figure | target | check |", "| --- | --- | --- | --- |"]
@@ -490,14 +505,14 @@ def bench(cfg):
 
 
 def main(argv=None):
-    try:
-        cfg = parse_args(argv)
-    except UserError as e:  # a flag refused: one line that names it, no traceback
-        raise SystemExit(f"bench: error: {e}")
+    cfg = parse_args(argv)
     figures = bench(cfg)
     print(report(cfg, figures))
     if cfg.json:
-        write_json(figures, cfg.json)
+        try:
+            write_json(figures, cfg.json)
+        except UserError as e:  # a disk that filled up during the run: one line naming the file
+            raise SystemExit(f"bench: error: {e}")
     return figures
 
 

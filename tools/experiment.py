@@ -3,11 +3,12 @@ The paper's comparison end to end: pretrain a standard (StdPT) and a pause (Paus
 finetune each without and with M_ft pauses, and evaluate the four configurations StdPT_StdFT,
 StdPT_PauseFT, PausePT_StdFT and PausePT_PauseFT over several seeds, with the paper's ablations.
 
-    python experiment.py --smoke                    # seconds: the whole path at tiny sizes
-    python experiment.py                            # the count task, 5 seeds: ~15 min, 2 CPU cores
-    python experiment.py --minf_sweep --where prepend --filler_baseline   # plus the ablations
-    python experiment.py --task world:chain         # train.py + finetune.py on the built-in world
-    python experiment.py --task squad --data data/ --std_ckpt STD/ckpt.pt --pause_ckpt PAUSE/ckpt.pt
+    python -m tools.experiment --smoke              # seconds: the whole path at tiny sizes
+    python -m tools.experiment                      # the count task, 5 seeds: ~15 min, 2 CPU cores
+    python -m tools.experiment --minf_sweep --where prepend --filler_baseline   # plus ablations
+    python -m tools.experiment --task world:chain   # train.py + finetune.py on the built-in world
+    python -m tools.experiment --task squad --data data/ --std_ckpt STD/ckpt.pt \\
+        --pause_ckpt PAUSE/ckpt.pt
 
 Two kinds of task, one table:
 - count (the default) is built so that pauses have work to do (below). It runs in this process,
@@ -58,7 +59,9 @@ from data import get_tokenizer, world_split
 from model import GPT, GPTConfig
 from tasks import BUILTIN, TASKS
 from tools.checkpoint import checkpoint_kind, read_checkpoint
-from tools.common import UserError, config_parser, lr_at, write_json
+from tools.common import (UserError, check_ranges, config_parser, lr_at, own_run_dir, require,
+                          resolve_device, write_json)
+from tools.prepare import require_output_dir
 
 TOK = get_tokenizer("byte")
 EOT, PAUSE_ID, DOT = TOK.eot_id, TOK.pause_id, TOK.encode(".")[0]
@@ -109,6 +112,52 @@ class ExperimentConfig:
     device: str = "auto"           # auto (cuda if available), cpu, cuda or cuda:N
     out_dir: str = "out_experiment"  # compare.json, and for other tasks every run's directory
     smoke: bool = False            # tiny steps and evaluation: checks the whole path in seconds
+
+    def check(self):
+        defaults = ExperimentConfig()
+        for name in OTHERS_ONLY if self.task == "count" else COUNT_ONLY:
+            require(getattr(self, name) == getattr(defaults, name),
+                    f"--{name} does not apply to --task {self.task}")
+        check_ranges(self, {">= 1": "num_pauses seeds batch_size pretrain_steps finetune_steps",
+                            ">= 0": "seed warmup_steps weight_decay",
+                            "> 0": "finetune_lr"})
+        require(self.n_eval >= 1 or (self.task != "count" and self.n_eval == -1),
+                f"--n_eval must be >= 1 (other tasks: or -1 for all), got {self.n_eval}")
+        require(self.n_train >= 1 or self.n_train == -1,
+                f"--n_train must be >= 1, or -1 for all, got {self.n_train}")
+        resolve_device(self.device)  # an unknown device, or cuda on a machine without one
+        require_output_dir(self.out_dir, "--out_dir")
+        if self.task == "count":
+            self.check_count()
+            return
+        require(0.0 < self.pause_frac < 1.0, "--pause_frac must be in (0, 1) for PausePT (the "
+                f"paper: 0.1), got {self.pause_frac}")
+        require(self.task not in TASKS or self.data,
+                f"--task {self.task} needs its files: --data DIR (after "
+                f"`python -m tools.prepare task {self.task} --out DIR`)")
+        for name in ("data", "eval_data"):
+            path = getattr(self, name)
+            require(not path or os.path.exists(path),
+                    f"--{name} {path}: no such file or directory")
+
+    def check_count(self):
+        require(1 <= self.K <= 9, f"--K must be 1..9 (the count is one digit), got {self.K}")
+        pauses = 2 * self.num_pauses if self.minf_sweep else self.num_pauses
+        longest = (self.K + 2) + pauses + 2
+        require(longest <= self.block_size,
+                f"prompt ({self.K + 2}) + pauses + answer need {longest} positions, more than "
+                f"--block_size {self.block_size}; raise --block_size or lower --num_pauses")
+        for name in ("p_echo", "p_cot", "p_filler", "p_pmask"):
+            require(0.0 <= getattr(self, name) <= 1.0,
+                    f"--{name} must be a probability in [0, 1], got {getattr(self, name)}")
+        require(self.p_cot + self.p_filler <= 1.0, "--p_cot + --p_filler must be <= 1 (the rest "
+                f"are direct documents), got {self.p_cot + self.p_filler}")
+        require(0.0 <= self.pause_frac < 1.0,
+                f"--pause_frac must be in [0, 1) (the paper uses 0.1), got {self.pause_frac}")
+        check_ranges(self, {"> 0": "pretrain_lr", ">= 0": "workers",
+                            ">= 1": "n_layer n_head n_embd"})
+        require(self.n_embd % self.n_head == 0,
+                f"--n_head {self.n_head} must divide --n_embd {self.n_embd}")
 
 
 # Tasks other than count finetune a pretrained model of 4 x 128 on longer answers: finetune.py's
@@ -269,9 +318,10 @@ def make_model(cfg, n_layer, seed, device):
                          n_head=cfg.n_head, n_embd=cfg.n_embd)).to(device)
 
 
-def train_steps(model, cfg, steps, lr, next_batch):
+def train_steps(model, cfg, steps, lr, next_batch, lr_flag):
     """AdamW with linear warmup and cosine decay to 0 (common.lr_at), as train.py and
-    finetune.py step, on batches that next_batch() makes."""
+    finetune.py step, on batches that next_batch() makes. A loss that is no longer finite stops
+    the run, naming lr_flag: a diverged model would only report 0% and a NaN answer loss."""
     device = model.device
     opt = model.configure_optimizers(cfg.weight_decay, lr, device_type=device.type)
     warmup = min(cfg.warmup_steps, steps // 5)  # short smoke runs still reach the peak
@@ -282,6 +332,9 @@ def train_steps(model, cfg, steps, lr, next_batch):
         x, y = next_batch()
         # the model's loss skips IGNORE targets: pauses (PausePT) and prompts (finetuning)
         _, loss = model(x.to(device), y.to(device))
+        if not torch.isfinite(loss):
+            raise UserError(f"the loss became {loss.item()} at step {step + 1} of {steps}: the "
+                            f"run diverged; lower {lr_flag} (now {lr:g})")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         # clipped at 1.0 as train.py's default: the 1e-2 peak rate of these tiny models spikes
@@ -293,7 +346,7 @@ def pretrain(cfg, pause_pt, seed, device, n_layer):
     model = make_model(cfg, n_layer, seed, device)
     rng, gen = random.Random(f"pretrain/{seed}"), torch.Generator().manual_seed(seed)
     train_steps(model, cfg, cfg.pretrain_steps, cfg.pretrain_lr,
-                lambda: pretrain_batch(rng, cfg, pause_pt, gen))
+                lambda: pretrain_batch(rng, cfg, pause_pt, gen), "--pretrain_lr")
     return model
 
 
@@ -303,7 +356,7 @@ def finetune(base, cfg, M, seed, where="append", filler_id=PAUSE_ID):
     model, rng = copy.deepcopy(base), random.Random(f"finetune/{seed}")
     train_steps(model, cfg, cfg.finetune_steps, cfg.finetune_lr,
                 lambda: finetune_rows(problems(rng, cfg.K, cfg.batch_size, "train"), M, where,
-                                      filler_id))
+                                      filler_id), "--finetune_lr")
     return model
 
 
@@ -386,6 +439,10 @@ def run_count(cfg, t0):
         for job_rows in tqdm(results, total=len(jobs), desc="jobs"):
             runs += job_rows
             result = save(cfg, runs, t0, extra)  # after every job: a cut-off run keeps its seeds
+    except BaseException:
+        if pool:  # a diverged job: the others are not waited for
+            pool.terminate()
+        raise
     finally:
         if pool:
             pool.close()
@@ -623,12 +680,16 @@ def experiment(cfg):
         cfg = replace(cfg, seeds=min(cfg.seeds, 2), **SMOKE)
     # every check before any work, the pretrained checkpoints of the other tasks included
     pretraining = None if cfg.task == "count" else pretraining_plan(cfg)
-    if os.path.exists(os.path.join(cfg.out_dir, "compare.json")):
-        print(f"note: {cfg.out_dir} holds an earlier experiment; its compare.json"
-              + (" is" if cfg.task == "count" else " and finetuning runs are") + " replaced")
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    t0 = time.time()
-    result = run_count(cfg, t0) if pretraining is None else run_pretrained(cfg, pretraining, t0)
+    # One experiment at a time in out_dir: two would interleave their runs and compare.json.
+    with own_run_dir(cfg.out_dir, "--out_dir"):
+        if os.path.exists(os.path.join(cfg.out_dir, "compare.json")):
+            print(f"note: {cfg.out_dir} holds an earlier experiment; its compare.json"
+                  + (" is" if cfg.task == "count" else " and finetuning runs are") + " replaced")
+        t0 = time.time()
+        if pretraining is None:
+            result = run_count(cfg, t0)
+        else:
+            result = run_pretrained(cfg, pretraining, t0)
     print(result["table"])
     for s in result["significance"]:
         print(f"\n{s['a']} - {s['b']}: {s['diff']:+.1f} points, Welch t = {s['welch_t']:.2f} "
@@ -645,7 +706,8 @@ def experiment(cfg):
 # The command line
 
 def parse_args(argv=None):
-    # --task picks the defaults first, so that `--task world:chain --help` shows the right ones
+    """The config, checked at the door. --task picks the defaults first, so that
+    `--task world:chain --help` shows the right ones."""
     first = argparse.ArgumentParser(add_help=False)
     first.add_argument("--task", default="count")
     task = first.parse_known_args(argv)[0].task
@@ -654,56 +716,11 @@ def parse_args(argv=None):
     if task != "count":
         parser.set_defaults(**PRETRAINED_DEFAULTS)
     cfg = ExperimentConfig(**vars(parser.parse_args(argv)))
-    defaults = ExperimentConfig()
-    unused = OTHERS_ONLY if cfg.task == "count" else COUNT_ONLY
-    for name in unused:
-        if getattr(cfg, name) != getattr(defaults, name):
-            parser.error(f"--{name} does not apply to --task {cfg.task}")
-    if cfg.num_pauses < 1:
-        parser.error("--num_pauses must be >= 1 (M_ft of the PauseFT configurations)")
-    if min(cfg.seeds, cfg.batch_size, cfg.pretrain_steps, cfg.finetune_steps) < 1:
-        parser.error("--seeds, --batch_size, --pretrain_steps and --finetune_steps must be >= 1")
-    if cfg.n_eval < 1 and (cfg.task == "count" or cfg.n_eval != -1):
-        parser.error(f"--n_eval must be >= 1 (other tasks: or -1 for all), got {cfg.n_eval}")
-    if cfg.n_train == 0 or cfg.n_train < -1:
-        parser.error(f"--n_train must be >= 1, or -1 for all, got {cfg.n_train}")
-    if cfg.seed < 0 or cfg.warmup_steps < 0 or cfg.weight_decay < 0 or cfg.finetune_lr <= 0:
-        parser.error("--seed, --warmup_steps and --weight_decay must be >= 0, --finetune_lr > 0")
-    if not 0.0 < cfg.pause_frac < 1.0 and cfg.task != "count":
-        parser.error(f"--pause_frac must be in (0, 1) for PausePT (the paper: 0.1), got "
-                     f"{cfg.pause_frac}")
-    if cfg.task == "count":
-        check_count(parser, cfg)
-    elif cfg.task in TASKS and not cfg.data:
-        parser.error(f"--task {cfg.task} needs its files: --data DIR (after `python prepare.py "
-                     f"task {cfg.task} --out DIR`)")
-    for name in ("data", "eval_data"):
-        if getattr(cfg, name) and not os.path.exists(getattr(cfg, name)):
-            parser.error(f"--{name} {getattr(cfg, name)}: no such file or directory")
+    try:
+        cfg.check()
+    except UserError as e:  # as tools.common.parse_config ends: one line naming the flag
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
     return cfg
-
-
-def check_count(parser, cfg):
-    if not 1 <= cfg.K <= 9:
-        parser.error(f"--K must be 1..9 (the count is one digit), got {cfg.K}")
-    longest = (cfg.K + 2) + (2 * cfg.num_pauses if cfg.minf_sweep else cfg.num_pauses) + 2
-    if longest > cfg.block_size:
-        parser.error(f"prompt ({cfg.K + 2}) + pauses + answer need {longest} positions, more "
-                     f"than --block_size {cfg.block_size}; raise --block_size or lower "
-                     "--num_pauses")
-    for name in ("p_echo", "p_cot", "p_filler", "p_pmask"):
-        if not 0.0 <= getattr(cfg, name) <= 1.0:
-            parser.error(f"--{name} must be a probability in [0, 1], got {getattr(cfg, name)}")
-    if cfg.p_cot + cfg.p_filler > 1.0:
-        parser.error(f"--p_cot + --p_filler must be <= 1 (the rest are direct documents), got "
-                     f"{cfg.p_cot + cfg.p_filler}")
-    if not 0.0 <= cfg.pause_frac < 1.0:
-        parser.error(f"--pause_frac must be in [0, 1) (the paper uses 0.1), got {cfg.pause_frac}")
-    if cfg.pretrain_lr <= 0 or cfg.workers < 0:
-        parser.error("--pretrain_lr must be > 0 and --workers >= 0")
-    if min(cfg.n_layer, cfg.n_head, cfg.n_embd) < 1 or cfg.n_embd % cfg.n_head:
-        parser.error(f"--n_layer, --n_head and --n_embd must be >= 1, and --n_head must divide "
-                     f"--n_embd {cfg.n_embd}")
 
 
 def main(argv=None):

@@ -2,23 +2,30 @@
 Preparing data and weights. A reader of the method can skip this file: it turns text into the
 token shards that data.PretrainLoader reads, and fetches the downstream tasks and GPT-2.
 
-    python prepare.py prepare --input corpus.txt --out data/mine   # .txt / .jsonl / .json.gz
-    python prepare.py c4 --shards 8 --out data/c4                   # C4-English, then prepare
-    python prepare.py task gsm8k --out data/tasks                   # a downstream task's files
-    python prepare.py gpt2 gpt2-medium                              # GPT-2 weights to start from
-    python prepare.py export --ckpt out/ckpt.pt --out out/hf        # a checkpoint as HF GPT-2
+    python -m tools.prepare prepare --input corpus.txt --out data/mine  # .txt .jsonl .json.gz
+    python -m tools.prepare c4 --shards 8 --out data/c4                  # C4-English, prepared
+    python -m tools.prepare task gsm8k --out data/tasks                  # a downstream task
+    python -m tools.prepare gpt2 gpt2-medium                             # GPT-2 weights
+    python -m tools.prepare export --ckpt out/ckpt.pt --out out/hf       # a checkpoint as HF GPT-2
+
+`python -m tools.prepare COMMAND --help` lists the flags of each command.
 """
 import argparse
 import bz2
+import codecs
 import gzip
 import hashlib
+import io
 import json
 import multiprocessing
 import os
+import re
 import shutil
+import sys
 import tempfile
 import zlib
 from collections import Counter, deque
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +34,8 @@ from tqdm import tqdm
 from data import SHARD_TOKENS, TOKENIZERS, get_tokenizer, shard_path, write_shard
 from tasks import TASK_ALIASES, TASK_FILES
 from tools import gpt2
-from tools.common import UserError, atomic_write, download, write_json
+from tools.common import (UserError, atomic_write, check_ranges, config_parser, download,
+                          own_run_dir, require, write_json)
 from tools.export import export_hf
 
 TEXT_TYPES, JSON_TYPES = (".txt", ".txt.gz"), (".jsonl", ".jsonl.gz", ".json.gz")
@@ -37,21 +45,52 @@ TXT_DOCS = ("file", "line")  # a .txt input is one document, or one document per
 # -----------------------------------------------------------------------------------------------
 # Reading inputs. Files stream through line by line (never loaded whole). Bad input is counted
 # per file and skipped, never fatal: a line that is not UTF-8 or not JSON, and a .gz file that
-# ends early (what was read before the damage is kept). The summary names the files.
+# ends early (what was read before the damage is kept). The summary names the files. A file that
+# is mostly not text (binary, another encoding, control characters) is refused by name instead.
+
+UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)  # what editors save as "Unicode"
+# Control characters other than tab, newline and carriage return: NUL bytes and the like.
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+COUNTS = ("text_lines", "chars", "control")  # what is counted per file besides the problems
+
 
 def _lines(path, problems):
-    """The lines of a file (gzipped when it ends in .gz) as bytes."""
+    """The lines of a file (gzipped when it ends in .gz) as str, None for a line that is not
+    UTF-8. A file that starts with a UTF-16 byte-order mark is read as UTF-16."""
     with (gzip.open if str(path).endswith(".gz") else open)(path, "rb") as f:
         try:
-            yield from f
+            bom = f.read(2)
+            f.seek(0)
+            if bom in UTF16_BOMS:
+                yield from _utf16_lines(f, path)
+                return
+            for raw in f:
+                try:  # UTF-8 never puts a newline byte inside a character: lines decode alone
+                    yield raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    yield None
         except (EOFError, zlib.error, gzip.BadGzipFile) as e:
             problems["truncated"] = 1  # a download cut short: keep the lines before the cut
             problems["error"] = str(e)
 
 
+def _utf16_lines(f, path):
+    try:
+        yield from io.TextIOWrapper(f, encoding="utf-16", newline="")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} starts with a UTF-16 byte-order mark but is not UTF-16 text "
+                        f"({e.reason}); save it as UTF-8") from None
+
+
 def _bad(problems, kind, lineno):
     problems[kind] += 1
     problems.setdefault("first_bad_line", lineno)
+
+
+def _count(problems, text):
+    problems["chars"] += len(text)
+    problems["control"] += len(CONTROL.findall(text))
+    problems["text_lines"] += bool(text.strip())
 
 
 def _json_text(line):
@@ -71,10 +110,8 @@ def iter_documents(path, stats, txt_docs="file", chunk_chars=1 << 22):
     pre-tokenizer never joins tokens across such a newline, so the pieces' tokens are the file's."""
     is_json = str(path).endswith(JSON_TYPES)
     piece, size, prev = [], 0, ""
-    for lineno, raw in enumerate(_lines(path, stats), 1):
-        try:  # UTF-8 never puts a newline byte inside a character, so lines decode one by one
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError:
+    for lineno, line in enumerate(_lines(path, stats), 1):
+        if line is None:
             _bad(stats, "not_utf8", lineno)
             continue
         if (is_json or txt_docs == "line") and not line.strip():
@@ -84,8 +121,11 @@ def iter_documents(path, stats, txt_docs="file", chunk_chars=1 << 22):
             if text is None:
                 _bad(stats, "not_json", lineno)
             else:
+                _count(stats, text)
                 yield text, False
-        elif txt_docs == "line":
+            continue
+        _count(stats, line)
+        if txt_docs == "line":
             yield line.rstrip("\r\n"), False
         else:
             if size >= chunk_chars and len(prev) >= 2 and not prev[-2].isspace() \
@@ -97,6 +137,21 @@ def iter_documents(path, stats, txt_docs="file", chunk_chars=1 << 22):
             prev = line
     if not is_json and txt_docs == "file":
         yield "".join(piece), False
+
+
+def check_text(path, c):
+    """Refuses a file that holds no text, or whose lines are mostly not UTF-8, or whose
+    characters are more than 10% control characters (NUL bytes: binary data, or UTF-16 without
+    its byte-order mark): tokenized, it would be noise."""
+    require(c["text_lines"] or c["not_utf8"] or c["not_json"], f"{path} holds no text")
+    require(c["not_utf8"] <= c["text_lines"],
+            f"{path}: {c['not_utf8']:,} of its lines are not UTF-8 text (against "
+            f"{c['text_lines']:,} that are); it looks like binary data or text in another "
+            "encoding. Save it as UTF-8 (or UTF-16 with a byte-order mark)")
+    require(c["control"] <= 0.1 * c["chars"],
+            f"{path}: {c['control']:,} of its {c['chars']:,} characters are control characters "
+            "such as NUL; it looks like binary data or UTF-16 without a byte-order mark. Save "
+            "it as UTF-8")
 
 
 def _digest(pieces):
@@ -196,56 +251,86 @@ class ShardWriter:
             self.fill = 0
 
 
-def _check_settings(tokenizer_name, workers, shard_tokens=1, val_every=0, txt_docs="file"):
-    if tokenizer_name not in TOKENIZERS:
-        raise UserError(f"--tokenizer {tokenizer_name!r}: choose one of {sorted(TOKENIZERS)}")
-    if workers < 0:
-        raise UserError(f"--workers must be >= 0 (0: cores - 1, at most 8), got {workers}")
-    if not 1 <= shard_tokens < 2 ** 31:  # the shard header holds the count as an int32
-        raise UserError(f"--shard_tokens must be in 1..{2 ** 31 - 1}, got {shard_tokens}")
-    if val_every < 0:
-        raise UserError(f"--val_every must be >= 0 (0: no validation split), got {val_every}")
-    if txt_docs not in TXT_DOCS:
-        raise UserError(f"--txt_docs must be one of {TXT_DOCS}, got {txt_docs!r}")
+# -----------------------------------------------------------------------------------------------
+# Preparing a dataset. The new shards and meta.json are written into a hidden directory inside
+# the output, OUT/.prepare-*.tmp, and checked for meaning there; OUT is not changed until they are
+# complete. Then OUT/.swap.json is written (atomically): from that moment the new dataset wins, and
+# moving it in is finished by whichever run comes next if this one is killed. The caller holds
+# OUT's lock (tools.common.own_run_dir), so no hidden directory found there can be another live
+# run's: a killed run's is removed.
+
+MIN_TOKENS = 1024  # the default --min_tokens: a batch of 4 rows of 256, the tiny preset's context
+SWAP = ".swap.json"  # names the complete new dataset while it is moved into OUT
+NEW_PREFIX = ".prepare-"
 
 
 def prepare(inputs, out_dir, tokenizer_name="gpt2", val_inputs=(), val_every=200, workers=0,
-            shard_tokens=SHARD_TOKENS, txt_docs="file"):
+            shard_tokens=SHARD_TOKENS, txt_docs="file", min_tokens=MIN_TOKENS):
     """Tokenize text files into train_*.bin and val_*.bin shards plus meta.json under out_dir.
     The documents of val_inputs form the validation split; without them, every val_every-th
     document does (0: no validation split). Returns meta, the dict written to meta.json."""
-    # Everything is checked before out_dir is touched, and the shards are written into a
-    # temporary directory beside it: a failed run leaves the previous shards and meta.json as
-    # they were.
-    _check_settings(tokenizer_name, workers, shard_tokens, val_every, txt_docs)
-    if not inputs:
-        raise UserError("--input: give at least one text file")
-    for p in [*inputs, *val_inputs]:
-        if not Path(p).is_file():
-            raise UserError(f"input file {p} does not exist")
-        if not str(p).endswith(TEXT_TYPES + JSON_TYPES):
-            raise UserError(f"{p}: unknown input type; give .txt, .jsonl or .json.gz files")
-    both = {Path(p).resolve() for p in inputs} & {Path(p).resolve() for p in val_inputs}
-    if both:
-        raise UserError(f"{sorted(map(str, both))} given as both --input and --val_input; a "
-                         "validation file must not also be trained on")
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out {out_dir} is a file, not a directory")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    finish_or_remove_killed_runs(out_dir)
     tok = get_tokenizer(tokenizer_name)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    new = Path(tempfile.mkdtemp(prefix=NEW_PREFIX, suffix=".tmp", dir=out_dir))
     try:
-        meta = _write_shards(tmp, inputs, tok, val_inputs, val_every, workers, shard_tokens,
+        meta = _write_shards(new, inputs, tok, val_inputs, val_every, workers, shard_tokens,
                              txt_docs)
-        _swap_in(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        train_tokens = sum(meta["train_shards"])
+        require(train_tokens >= min_tokens,
+                f"the training split holds {train_tokens:,} tokens, fewer than --min_tokens "
+                f"{min_tokens:,} (one batch of the smallest model); give more text, or a lower "
+                f"--min_tokens. {out_dir} is unchanged")
+        write_json({"new": new.name}, out_dir / SWAP)  # the new dataset is complete: it wins
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    _replace_old_dataset(new, out_dir)
     for split in ("train", "val"):
         for i, n in enumerate(meta[f"{split}_shards"]):
             print(f"{shard_path(out_dir, split, i)}: {n:,} tokens")
     _summary(meta)
     return meta
+
+
+def finish_or_remove_killed_runs(out_dir):
+    """Finish the move of a complete dataset that a killed run had begun, and remove the hidden
+    directories of killed runs that had not finished theirs. Needs out_dir's lock."""
+    if (out_dir / SWAP).exists():
+        new = out_dir / json.loads((out_dir / SWAP).read_text())["new"]
+        print(f"note: {out_dir}: a prepare was stopped while it moved its finished dataset in "
+              "(whose shards are complete); that move is finished first")
+        _replace_old_dataset(new, out_dir)
+    # (a journal cut short by the kill is one of atomic_write's temporary files)
+    for left in sorted([*out_dir.glob(f"{NEW_PREFIX}*.tmp"), *out_dir.glob(f".{SWAP}.*.tmp")]):
+        print(f"note: removed {left}, the unfinished output of a prepare that was stopped")
+        if left.is_dir():
+            shutil.rmtree(left)
+        else:
+            left.unlink()
+
+
+def _replace_old_dataset(new, out_dir):
+    """Move the shards and meta.json of the complete dataset in `new` into out_dir in place of
+    the old ones (other files, such as c4's raw/ downloads, stay). Safe to repeat from any point:
+    meta.json is removed before the first shard moves and comes back last, so a reader never
+    takes a mix of old and new shards for a dataset."""
+    new_meta = new / "meta.json"
+    meta = json.loads((new_meta if new_meta.exists() else out_dir / "meta.json").read_text())
+    keep = {shard_path(out_dir, split, i).name
+            for split in ("train", "val") for i in range(len(meta[f"{split}_shards"]))}
+    if new_meta.exists():
+        (out_dir / "meta.json").unlink(missing_ok=True)
+    for old in [*out_dir.glob("train_*.bin"), *out_dir.glob("val_*.bin")]:
+        if old.name not in keep:
+            old.unlink()
+    for shard in sorted(new.glob("*.bin")):
+        os.replace(shard, out_dir / shard.name)
+    if new_meta.exists():
+        os.replace(new_meta, out_dir / "meta.json")
+    shutil.rmtree(new, ignore_errors=True)
+    (out_dir / SWAP).unlink()
 
 
 def _write_shards(folder, inputs, tok, val_inputs, val_every, workers, shard_tokens, txt_docs):
@@ -269,8 +354,8 @@ def _write_shards(folder, inputs, tok, val_inputs, val_every, workers, shard_tok
             bar.set_postfix(tokens=f"{stats['tokens'] / 1e6:.1f}M")
     for w in writers.values():
         w.flush()
-    bad = {p: c for p, c in stats["files"].items()
-           if c["not_utf8"] or c["not_json"] or c["truncated"]}
+    bad = {p: Counter({k: v for k, v in c.items() if k not in COUNTS})
+           for p, c in stats["files"].items() if c["not_utf8"] or c["not_json"] or c["truncated"]}
     meta = {"tokenizer": tok.name, "vocab_size": tok.vocab_size, "eot_id": tok.eot_id,
             "txt_docs": txt_docs, "documents": stats["docs"], "duplicates": stats["duplicates"],
             "skipped_lines": sum(c["not_utf8"] + c["not_json"] for c in bad.values()),
@@ -280,21 +365,10 @@ def _write_shards(folder, inputs, tok, val_inputs, val_every, workers, shard_tok
         _summary(meta)
         raise UserError(f"no training text in {', '.join(map(str, inputs))}; the output "
                          "directory is unchanged")
+    for path, counts in stats["files"].items():
+        check_text(path, counts)
     write_json(meta, folder / "meta.json")
     return meta
-
-
-def _swap_in(folder, out_dir):
-    """Move the new shards and meta.json into out_dir in place of the old ones (other files,
-    such as c4's raw/ downloads, stay). meta.json goes first and comes back last, so a crash in
-    between leaves a directory that data.data_meta refuses, never a mix it would accept."""
-    out_dir.mkdir(exist_ok=True)
-    (out_dir / "meta.json").unlink(missing_ok=True)
-    for old in [*out_dir.glob("train_*.bin"), *out_dir.glob("val_*.bin")]:
-        old.unlink()
-    for new in folder.glob("*.bin"):
-        os.replace(new, out_dir / new.name)
-    os.replace(folder / "meta.json", out_dir / "meta.json")
 
 
 def _summary(meta):
@@ -325,10 +399,6 @@ C4_URL = ("https://huggingface.co/datasets/allenai/c4/resolve/main/en/"
 def c4(num_shards, out_dir, tokenizer_name="gpt2", workers=0):
     """Download the first num_shards C4-English training files and one validation file, then
     prepare them into out_dir (the raw files stay in out_dir/raw)."""
-    if not 1 <= num_shards <= 1024:
-        raise UserError(f"--shards must be in 1..1024 (C4 English has 1024 training files), "
-                         f"got {num_shards}")
-    _check_settings(tokenizer_name, workers)
     out_dir = Path(out_dir)
     raw = out_dir / "raw"
     # The paper trains on 200B tokens (pauses included). C4 English holds ~156B GPT-2 tokens in
@@ -352,8 +422,6 @@ def c4(num_shards, out_dir, tokenizer_name="gpt2", workers=0):
 def download_task(name, out_dir):
     """Fetch a task's files into out_dir/NAME/; returns the paths."""
     name = TASK_ALIASES.get(name, name)
-    if name not in TASK_FILES:
-        raise UserError(f"unknown task {name!r}; choose one of {sorted(TASK_FILES)}")
     folder = Path(out_dir) / name
     paths = []
     for fname, url in TASK_FILES[name].items():
@@ -372,7 +440,6 @@ def download_task(name, out_dir):
 
 
 GPT2_CACHE = "data_cache/gpt2"  # where gpt2.from_pretrained looks for a checkpoint given by name
-GPT2_NAMES = "gpt2, gpt2-medium, gpt2-large, gpt2-xl"
 
 
 def gpt2_weights(name, out_dir):
@@ -387,68 +454,180 @@ def export(ckpt, out_dir):
 
 
 # -----------------------------------------------------------------------------------------------
+# The command line: one config dataclass per command, checked at the door before any work.
+
+def require_output_dir(path, flag):
+    """The door's check of a directory a run writes into, made if missing: not empty, not a file,
+    not a link to nothing, and in a place this user may write."""
+    require(path.strip(), f"{flag} is empty; give a directory")
+    if os.path.islink(path) and not os.path.exists(path):
+        raise UserError(f"{flag} {path} is a symbolic link to {os.readlink(path)}, which does "
+                        "not exist; create its target or give another directory")
+    require(not os.path.exists(path) or os.path.isdir(path),
+            f"{flag} {path} is a file, not a directory")
+    folder = os.path.abspath(path)
+    while not os.path.lexists(folder):  # the nearest part of the path that exists
+        folder = os.path.dirname(folder)
+    require(os.path.isdir(folder), f"{flag} {path}: {folder} is not a directory")
+    require(os.access(folder, os.W_OK | os.X_OK),
+            f"{flag} {path}: {folder} is not writable; give a directory you may write to")
+
+
+def require_input_file(path, flag):
+    require(os.path.exists(path), f"{flag} {path} does not exist")
+    require(not os.path.isdir(path), f"{flag} {path} is a directory; give the files in it")
+    require(os.access(path, os.R_OK), f"{flag} {path} is not readable")
+
+
+@dataclass
+class PrepareConfig:
+    """Tokenize .txt / .jsonl / .json.gz files into shards. Exact duplicate documents are
+    dropped; lines that are not UTF-8 or not JSON, and .gz files that end early, are counted and
+    skipped; a file that is not text is refused; OUT changes only when all went well."""
+    input: list = field(default_factory=list)  # .txt, or .jsonl / .json.gz with a `text` field
+    out: str = ""                  # output directory for the shards and meta.json
+    tokenizer: str = "gpt2"        # tokenizer of the shards
+    txt_docs: str = "file"         # a .txt file is one document, or one document a line
+    val_input: list = field(default_factory=list)  # files of the validation split
+    val_every: int = 200           # no --val_input: every N-th document is validation; 0: none
+    shard_tokens: int = SHARD_TOKENS  # tokens per shard file, 1 .. 2^31 - 1 (the header's int32)
+    min_tokens: int = MIN_TOKENS   # refuse a training split smaller than this (a file of noise)
+    workers: int = 0               # tokenizer processes; 0: cores - 1, at most 8
+
+    def check(self):
+        require(self.input, "--input: give at least one text file")
+        for flag, paths in (("--input", self.input), ("--val_input", self.val_input)):
+            for path in paths:
+                require_input_file(path, flag)
+                require(path.endswith(TEXT_TYPES + JSON_TYPES), f"{flag} {path}: unknown "
+                        "input type; give .txt, .jsonl or .json.gz files")
+        both = {Path(p).resolve() for p in self.input} & {Path(p).resolve()
+                                                           for p in self.val_input}
+        require(not both, f"{sorted(map(str, both))} given as both --input and --val_input; a "
+                "validation file must not also be trained on")
+        require_output_dir(self.out, "--out")
+        check_ranges(self, {">= 0": "val_every min_tokens workers"})
+        require(1 <= self.shard_tokens < 2 ** 31,
+                f"--shard_tokens must be in 1..{2 ** 31 - 1}, got {self.shard_tokens}")
+
+    def run(self):
+        with own_run_dir(self.out, "--out"):
+            prepare(self.input, self.out, self.tokenizer, self.val_input, self.val_every,
+                    self.workers, self.shard_tokens, self.txt_docs, self.min_tokens)
+
+
+@dataclass
+class C4Config:
+    """Download the first N C4-English training files and one validation file, then prepare
+    them (the paper's pretraining corpus)."""
+    shards: int = 0                # C4-English training files to use, 1..1024
+    out: str = ""                  # output directory (the raw downloads go to OUT/raw)
+    tokenizer: str = "gpt2"        # tokenizer of the shards
+    workers: int = 0               # tokenizer processes; 0: cores - 1, at most 8
+
+    def check(self):
+        require(1 <= self.shards <= 1024, "--shards must be in 1..1024 (C4 English has 1024 "
+                f"training files), got {self.shards}")
+        require_output_dir(self.out, "--out")
+        check_ranges(self, {">= 0": "workers"})
+
+    def run(self):
+        with own_run_dir(self.out, "--out"):
+            c4(self.shards, self.out, self.tokenizer, self.workers)
+
+
+@dataclass
+class TaskConfig:
+    """Download a downstream task's public files into OUT/NAME/."""
+    name: str = ""                 # the task (also given without the flag: `task gsm8k`)
+    out: str = ""                  # directory for the task files (they go to OUT/NAME)
+
+    def check(self):
+        require(self.name, "give the task: `task NAME --out DIR`")
+        require_output_dir(self.out, "--out")
+
+    def run(self):
+        download_task(self.name, self.out)
+
+
+@dataclass
+class Gpt2Config:
+    """Download GPT-2 weights (Hugging Face) to start from."""
+    name: str = "gpt2"             # the checkpoint (also given without the flag: `gpt2 gpt2-xl`)
+    out: str = GPT2_CACHE          # cache directory; the files go to OUT/NAME
+
+    def check(self):
+        require_output_dir(self.out, "--out")
+
+    def run(self):
+        gpt2_weights(self.name, self.out)
+
+
+@dataclass
+class ExportConfig:
+    """Write a checkpoint in Hugging Face's GPT-2 layout."""
+    ckpt: str = ""                 # a ckpt.pt of train.py or finetune.py
+    out: str = ""                  # directory for config.json + pytorch_model.bin
+
+    def check(self):
+        require(self.ckpt, "--ckpt: give a ckpt.pt of train.py or finetune.py")
+        require_input_file(self.ckpt, "--ckpt")
+        require_output_dir(self.out, "--out")
+
+    def run(self):
+        export(self.ckpt, self.out)
+
+
+COMMANDS = {"prepare": PrepareConfig, "c4": C4Config, "task": TaskConfig, "gpt2": Gpt2Config,
+            "export": ExportConfig}
+TOKENIZER = {"tokenizer": sorted(TOKENIZERS)}
+CHOICES = {"prepare": {**TOKENIZER, "txt_docs": list(TXT_DOCS)},
+           "c4": TOKENIZER,
+           "task": {"name": sorted({*TASK_FILES, *TASK_ALIASES})},
+           "gpt2": {"name": list(gpt2.NAMES)},
+           "export": {}}
+LISTS = {"input": "+", "val_input": "*"}  # flags that take several files
+
+
+def parse_command(argv=None):
+    """The config of the command that argv names, checked at the door as
+    tools.common.parse_config does: a refusal exits with one line naming the flag or file."""
+    top = argparse.ArgumentParser(prog="python -m tools.prepare", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    top.add_argument("command", choices=list(COMMANDS),
+                     help="; ".join(f"{k}: {c.__doc__.split('. ')[0]}"
+                                    for k, c in COMMANDS.items()))
+    top.add_argument("args", nargs=argparse.REMAINDER, help="the command's flags (--help)")
+    args = top.parse_args(sys.argv[1:] if argv is None else argv)
+    rest = args.args
+    if args.command in ("task", "gpt2") and rest and not rest[0].startswith("-"):
+        rest = ["--name", *rest]  # `task gsm8k` as README writes it
+    cls = COMMANDS[args.command]
+    parser = config_parser(cls, cls.__doc__, CHOICES[args.command])
+    parser.prog = f"{top.prog} {args.command}"
+    for action in parser._actions:  # a list field takes several files (config_parser: one)
+        if action.dest in LISTS:
+            action.nargs = LISTS[action.dest]
+            action.type = str
+    cfg = cls(**vars(parser.parse_args(rest)))
+    try:
+        cfg.check()
+    except UserError as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    return cfg
+
 
 def main(argv=None):
+    cfg = parse_command(argv)
+    out = getattr(cfg, "out", "")
+    made = out and not os.path.lexists(out)
     try:
-        run(argv)
-    except UserError as e:  # a flag or file refused: one line that names it, no traceback
+        cfg.run()
+    except UserError as e:  # refused on reading the files (no text, noise): one line, no trace
         raise SystemExit(f"prepare: error: {e}")
-
-
-def run(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    tokenizer = dict(default="gpt2", choices=sorted(TOKENIZERS),
-                     help="tokenizer of the shards (default: %(default)s)")
-    workers = dict(type=int, default=0,
-                   help="tokenizer processes; 0: cores - 1, at most 8 (default: %(default)s)")
-    p = sub.add_parser("prepare", help="tokenize .txt / .jsonl / .json.gz files into shards",
-                       description="Tokenize text into shards. Exact duplicate documents are "
-                       "dropped; lines that are not UTF-8 or not JSON, and .gz files that end "
-                       "early, are counted and skipped; OUT changes only when all went well.")
-    p.add_argument("--input", nargs="+", required=True,
-                   help="text files: .txt or JSON lines with a `text` field (.jsonl, .json.gz)")
-    p.add_argument("--out", required=True, help="output directory for the shards and meta.json")
-    p.add_argument("--tokenizer", **tokenizer)
-    p.add_argument("--txt_docs", default="file", choices=TXT_DOCS,
-                   help="a .txt file is one document ('file') or holds one document per line "
-                        "('line') (default: %(default)s)")
-    p.add_argument("--val_input", nargs="*", default=[],
-                   help="files that form the validation split (default: none)")
-    p.add_argument("--val_every", type=int, default=200,
-                   help="without --val_input, every N-th document goes to validation; 0: none "
-                        "(default: %(default)s)")
-    p.add_argument("--shard_tokens", type=int, default=SHARD_TOKENS,
-                   help="tokens per shard file, at least 1 (default: %(default)s)")
-    p.add_argument("--workers", **workers)
-    p = sub.add_parser("c4", help="download the first N C4-English training files, prepare them")
-    p.add_argument("--shards", type=int, required=True, help="training files to use, 1..1024")
-    p.add_argument("--out", required=True, help="output directory (raw downloads in OUT/raw)")
-    p.add_argument("--tokenizer", **tokenizer)
-    p.add_argument("--workers", **workers)
-    p = sub.add_parser("task", help="download a downstream task's public files into OUT/NAME/")
-    p.add_argument("name", help=f"the task: {', '.join(sorted(TASK_FILES))}")
-    p.add_argument("--out", required=True, help="directory for the task files")
-    p = sub.add_parser("gpt2", help="download GPT-2 weights (Hugging Face) to start from")
-    p.add_argument("name", help=f"the checkpoint: {GPT2_NAMES}")
-    p.add_argument("--out", default=GPT2_CACHE,
-                   help="cache directory; the files go to OUT/NAME (default: %(default)s)")
-    p = sub.add_parser("export", help="write a checkpoint in Hugging Face's GPT-2 layout")
-    p.add_argument("--ckpt", required=True, help="a ckpt.pt of train.py or finetune.py")
-    p.add_argument("--out", required=True, help="directory for config.json + pytorch_model.bin")
-    args = parser.parse_args(argv)
-    if args.command == "prepare":
-        prepare(args.input, args.out, args.tokenizer, args.val_input, args.val_every,
-                args.workers, args.shard_tokens, args.txt_docs)
-    elif args.command == "c4":
-        c4(args.shards, args.out, args.tokenizer, args.workers)
-    elif args.command == "task":
-        download_task(args.name, args.out)
-    elif args.command == "gpt2":
-        gpt2_weights(args.name, args.out)
-    else:
-        export(args.ckpt, args.out)
+    finally:
+        if made and os.path.isdir(out) and not os.listdir(out):
+            os.rmdir(out)  # a run that failed leaves no empty directory behind
 
 
 if __name__ == "__main__":
