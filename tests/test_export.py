@@ -22,13 +22,13 @@ TEXTS = ["Hello world", "a<|pause|><|pause|> b<|pause|>", "x <|endoftext|>\n\n  
          "'s 're 'll 123 4567 ...!!", " <|pause|> <|endoftext|>  ", "<|paus|> <|endoftext"]
 
 
-def checkpoint(path, tokenizer="gpt2", pause_frac=0.1, num_pauses=10, seed=0):
+def checkpoint(path, tokenizer="gpt2", pause_frac=0.1, num_pauses=10, seed=0, block_size=32):
     """A checkpoint as finetune.py writes it (num_pauses None: as train.py writes it), with
     random weights; a one-layer model, since the GPT-2 vocabulary alone is 50304 rows."""
     tok = get_tokenizer(tokenizer)
     torch.manual_seed(seed)
-    cfg = GPTConfig(block_size=32, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16,
-                    bias=True, gelu="tanh")
+    cfg = GPTConfig(block_size=block_size, vocab_size=tok.vocab_size, n_layer=1, n_head=2,
+                    n_embd=16, bias=True, gelu="tanh")
     model = GPT(cfg)
     with torch.no_grad():
         for p in model.parameters():

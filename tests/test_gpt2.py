@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tools import gpt2
+from tools.checkpoint import load_pretrained
 from tools.export import export_hf
 from model import GPT, GPTConfig
 from tools.common import UserError
@@ -198,6 +199,19 @@ def test_download_by_name_then_from_the_cache(hub, tmp_path, one_thread):
     local = gpt2.from_pretrained(str(src), VOCAB + 1)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
                                                   local.state_dict().values()))
+
+
+def test_load_pretrained_by_name_fetches_config_and_weights(hub, tmp_path, monkeypatch,
+                                                           one_thread):
+    src = write_hf_dir(tmp_path / "full", hf_state_dict(vocab=50257, n_layer=1),
+                       hf_config(vocab=50257, n_layer=1))
+    _Files.files = {f"/gpt2/resolve/main/{f}": (src / f).read_bytes() for f in gpt2.FILES}
+    monkeypatch.chdir(tmp_path)  # the default cache, data_cache/gpt2, is relative
+    model, tok, carried = load_pretrained("", "gpt2")
+    assert tok.name == "gpt2" and model.config.vocab_size == 50258
+    assert carried == {"pause_frac": 0.0, "num_pauses": None}  # GPT-2 itself: StdPT
+    assert sorted(p.name for p in (tmp_path / "data_cache" / "gpt2" / "gpt2").iterdir()) == \
+        sorted(gpt2.FILES)
 
 
 def test_a_failed_download_names_the_url_and_the_way_out(hub, tmp_path):

@@ -110,7 +110,8 @@ def load_pretrained(ckpt_path, init_from, device="cpu"):
         except ValueError as e:
             raise UserError(f"{folder / 'config.json'}: {e}") from None
         carried = gpt2.carried_settings(hf, tok, folder / "config.json")
-        return gpt2.from_pretrained(str(folder), tok.vocab_size).to(device), tok, carried
+        model = gpt2.from_pretrained(init_from, tok.vocab_size)  # a name: downloads the weights
+        return model.to(device), tok, carried
     try:  # a foreign file is refused, saying what it holds and what a checkpoint holds
         model, tok, ckpt = load_checkpoint(ckpt_path, device)
     except UserError as e:

@@ -113,27 +113,32 @@ def tokenizer_files(tok, block_size):
     """{file name: content} of the Hugging Face tokenizer for tok: the fast tokenizer.json, the
     slow tokenizer's vocab.json and merges.txt, and the settings that name the special tokens."""
     vocab, merges = bpe_tables(tok)
-    special = [(EOT, tok.eot_id), (PAUSE, tok.pause_id)]
-    added = [{"id": i, "content": text, "single_word": False, "lstrip": False, "rstrip": False,
-              "normalized": False, "special": True} for text, i in special]
-    # GPT-2's pre-tokenizer is tiktoken's gpt2 pattern; "use_regex" turns it on.
+    vocab[EOT] = tok.eot_id  # GPT-2's vocab.json lists <|endoftext|>; the pause is added
+    special = {tok.eot_id: EOT, tok.pause_id: PAUSE}
+    # Special: split out of any text before the BPE, and skipped by decode(skip_special_tokens).
+    flags = {"single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
+             "special": True}
+    added = [{"id": i, "content": text, **flags} for i, text in special.items()]
+    # GPT-2's pre-tokenizer splits with tiktoken's gpt2 pattern ("use_regex").
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
                   "use_regex": True}
+    bpe = {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
+           "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False,
+           "ignore_merges": False, "vocab": vocab, "merges": merges}
     fast = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
             "normalizer": None, "pre_tokenizer": byte_level,
             "post_processor": {**byte_level, "trim_offsets": False}, "decoder": byte_level,
-            "model": {"type": "BPE", "dropout": None, "unk_token": None,
-                      "continuing_subword_prefix": "", "end_of_word_suffix": "",
-                      "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-                      "vocab": {**vocab, EOT: tok.eot_id}, "merges": merges}}
+            "model": bpe}
     names = {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT, "pad_token": EOT,
              "additional_special_tokens": [PAUSE]}
     settings = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": block_size,
-                "add_prefix_space": False, "add_bos_token": False, "clean_up_tokenization_spaces":
-                False, "added_tokens_decoder": {str(a["id"]): {k: v for k, v in a.items() if k != "id"}
-                                         for a in added}, **names}
+                "add_prefix_space": False, "add_bos_token": False,
+                "clean_up_tokenization_spaces": False,
+                "added_tokens_decoder": {str(i): {"content": text, **flags}
+                                         for i, text in special.items()},
+                **names}
     return {"tokenizer.json": json.dumps(fast, ensure_ascii=False, indent=1) + "\n",
-            "vocab.json": json.dumps({**vocab, EOT: tok.eot_id}, ensure_ascii=False) + "\n",
+            "vocab.json": json.dumps(vocab, ensure_ascii=False) + "\n",
             "merges.txt": "#version: 0.2\n" + "".join(m + "\n" for m in merges),
             "tokenizer_config.json": json.dumps(settings, indent=2) + "\n",
             "special_tokens_map.json": json.dumps(names, indent=2) + "\n"}
