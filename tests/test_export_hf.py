@@ -28,10 +28,11 @@ def transformers():
     return pytest.importorskip("transformers")
 
 
-def test_transformers_loads_the_export_as_is(tmp_path, transformers, one_thread):
-    model = checkpoint(tmp_path / "ckpt.pt")
+@pytest.mark.parametrize("name", ["gpt2", "byte"])
+def test_transformers_loads_the_export_as_is(tmp_path, transformers, name, one_thread):
+    model = checkpoint(tmp_path / "ckpt.pt", name, block_size=64)
     out = export_hf(tmp_path / "ckpt.pt", tmp_path / "hf")
-    tok = get_tokenizer("gpt2")
+    tok = get_tokenizer(name)
     theirs = transformers.AutoTokenizer.from_pretrained(out)
     for text in TEXTS:
         ids = theirs(text)["input_ids"]

@@ -210,8 +210,10 @@ def main(argv=None):
         out = export_hf(cfg.ckpt, cfg.out)
     except UserError as e:
         raise SystemExit(f"export.py: error: {e}")
-    print(f"{out}: {cfg.ckpt} in Hugging Face's GPT-2 layout ({', '.join(FILES)}); load it with "
-          f"AutoModelForCausalLM / AutoTokenizer, or `--init_from {out}`")
+    config = json.loads((out / "config.json").read_text())
+    print(f"{out}: {cfg.ckpt} in Hugging Face's GPT-2 layout ({', '.join(FILES)}), with the "
+          f"model's own {config['tokenizer']} tokenizer; load it with AutoModelForCausalLM and "
+          f"AutoTokenizer, lm_eval --model hf --model_args pretrained={out}, or --init_from {out}")
 
 
 if __name__ == "__main__":
