@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from tools import gpt2
+from tools.checkpoint import load_pretrained
 from tools.export import export_hf
 from model import GPT, GPTConfig
 from tools.common import UserError
+from tools.safetensors_io import load_file
 
 SHAPE = dict(n_layer=2, n_head=2, n_embd=32, n_positions=48)
 VOCAB = 257  # in the file; the byte tokenizer has one more id, <|pause|> = 257, like GPT-2's 50257
@@ -123,9 +125,9 @@ def test_export_then_import_is_bitwise_exact(tmp_path, one_thread):
     config = json.loads((out / "config.json").read_text())
     assert config["vocab_size"] == 320 and config["n_positions"] == 48
     assert config["activation_function"] == "gelu_pytorch_tanh" and config["pause_token_id"] == 257
-    sd = torch.load(out / "pytorch_model.bin", weights_only=True)
+    sd = load_file(out / "model.safetensors")
     assert sd["transformer.h.1.mlp.c_fc.weight"].shape == (32, 128)  # Conv1D: (in, out)
-    assert torch.equal(sd["lm_head.weight"], sd["transformer.wte.weight"])
+    assert "lm_head.weight" not in sd  # tied to the token embedding: stored once
     idx = torch.randint(0, 258, (2, 48), generator=torch.Generator().manual_seed(0))
     # What transformers computes from these files: GPT-2's forward on them.
     assert torch.allclose(gpt2_forward(sd, 2, idx), model(idx)[0], atol=1e-4, rtol=1e-4)
@@ -135,14 +137,14 @@ def test_export_then_import_is_bitwise_exact(tmp_path, one_thread):
     assert theirs.keys() == ours.keys() and all(torch.equal(theirs[k], ours[k]) for k in ours)
     assert not torch.allclose(back.wte.weight[257], back.wte.weight[:257].mean(0))  # pause kept
     assert torch.equal(back(idx)[0], model(idx)[0])
-    with pytest.raises(UserError, match="config.json exists"):
+    with pytest.raises(UserError, match="config.json"):
         export_hf(tmp_path / "ckpt.pt", tmp_path / "hf")
 
 
 def test_export_of_a_model_without_biases_keeps_its_logits(tmp_path, one_thread):
     model = finetuned_checkpoint(tmp_path / "ckpt.pt", seed=1)  # model.py's defaults: no biases
     out = export_hf(tmp_path / "ckpt.pt", tmp_path / "hf")
-    sd = torch.load(out / "pytorch_model.bin", weights_only=True)
+    sd = load_file(out / "model.safetensors")
     assert not sd["transformer.h.0.attn.c_attn.bias"].any()
     assert json.loads((out / "config.json").read_text())["activation_function"] == "gelu"
     idx = torch.randint(0, 258, (2, 48), generator=torch.Generator().manual_seed(0))
@@ -199,6 +201,19 @@ def test_download_by_name_then_from_the_cache(hub, tmp_path, one_thread):
                                                   local.state_dict().values()))
 
 
+def test_load_pretrained_by_name_fetches_config_and_weights(hub, tmp_path, monkeypatch,
+                                                           one_thread):
+    src = write_hf_dir(tmp_path / "full", hf_state_dict(vocab=50257, n_layer=1),
+                       hf_config(vocab=50257, n_layer=1))
+    _Files.files = {f"/gpt2/resolve/main/{f}": (src / f).read_bytes() for f in gpt2.FILES}
+    monkeypatch.chdir(tmp_path)  # the default cache, data_cache/gpt2, is relative
+    model, tok, carried = load_pretrained("", "gpt2")
+    assert tok.name == "gpt2" and model.config.vocab_size == 50258
+    assert carried == {"pause_frac": 0.0, "num_pauses": None}  # GPT-2 itself: StdPT
+    assert sorted(p.name for p in (tmp_path / "data_cache" / "gpt2" / "gpt2").iterdir()) == \
+        sorted(gpt2.FILES)
+
+
 def test_a_failed_download_names_the_url_and_the_way_out(hub, tmp_path):
     _, base = hub
     with pytest.raises(UserError) as e:
@@ -222,7 +237,7 @@ def test_bad_inputs_are_named(tmp_path):
         return str(e.value)
     folder = write_hf_dir(tmp_path / "no_weights", sd, config)
     (folder / "pytorch_model.bin").unlink()
-    with pytest.raises(UserError, match="no pytorch_model.bin"):
+    with pytest.raises(UserError, match="no model.safetensors or .* or pytorch_model.bin"):
         gpt2.from_pretrained(str(folder), 258)
     msg = refused("shape", {**sd, "h.1.mlp.c_fc.weight": torch.zeros(32, 100)}, config)
     assert "h.1.mlp.c_fc.weight" in msg and "(32, 100)" in msg and "(32, 128)" in msg

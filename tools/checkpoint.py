@@ -57,19 +57,61 @@ def read_checkpoint(path, device="cpu", kind=None):
 
 
 def load_checkpoint(path, device="cpu"):
-    """(model, tokenizer, checkpoint dict) from a ckpt.pt written by train.py or finetune.py."""
+    """(model, tokenizer, checkpoint dict) from a ckpt.pt written by train.py or finetune.py. A
+    model_config that does not fit the weights beside it is refused, naming the file."""
     ckpt = read_checkpoint(path, device)
-    model = GPT(GPTConfig(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
-    return model.to(device), get_tokenizer(ckpt["tokenizer"]), ckpt
+    try:
+        model = GPT(GPTConfig(**ckpt["model_config"]))
+        model.load_state_dict(ckpt["model"])
+        tok = get_tokenizer(ckpt["tokenizer"])
+        # More ids than the tokenizer has could be sampled and not decoded (fewer: load_model
+        # says that the pause is missing).
+        if model.config.vocab_size > tok.vocab_size:
+            raise ValueError(f"vocab_size {model.config.vocab_size}, but the {tok.name} "
+                             f"tokenizer has {tok.vocab_size} ids")
+    except (TypeError, ValueError, RuntimeError, AssertionError) as e:
+        # load_state_dict lists every mismatch; its first lines name the first tensors.
+        why = " ".join(str(e).split("\n")[:3]).strip() or type(e).__name__
+        raise UserError(f"{path}: its model_config {ckpt['model_config']} does not fit the "
+                         f"weights and tokenizer stored with it ({why}); the file was changed "
+                         "after it was written: use the checkpoint as the run wrote it") from None
+    return model.to(device), tok, ckpt
 
 
-def load_model(ckpt_path, init_from, device="cpu"):
-    """(model, tokenizer, pause_frac) to finetune or sample from: a checkpoint of train.py or
-    finetune.py (StdPT or PausePT by its pause_frac), or GPT-2's weights (a StdPT model)."""
+def checkpoint_settings(ckpt):
+    """The pause settings a checkpoint's model was trained with: pause_frac of pretraining
+    (M_pt = pause_frac x T; 0 for StdPT) and num_pauses, M_ft of finetuning (None when the model
+    was not finetuned; 0 for StdFT)."""
+    finetuned = ckpt.get("finetune_config")
+    return {"pause_frac": float(ckpt.get("pause_frac", 0.0)),
+            "num_pauses": (int(finetuned.get("num_pauses", 0))
+                           if isinstance(finetuned, dict) else None)}
+
+
+def configuration_name(carried):
+    """The paper's name of a model with these pause settings (from checkpoint_settings or
+    gpt2.carried_settings); a model not finetuned yet is named by its pretraining alone."""
+    name = "PausePT" if carried["pause_frac"] > 0 else "StdPT"
+    if carried["num_pauses"] is None:
+        return name
+    return name + ("_PauseFT" if carried["num_pauses"] > 0 else "_StdFT")
+
+
+def load_pretrained(ckpt_path, init_from, device="cpu"):
+    """(model, tokenizer, carried) to finetune, evaluate or sample from: a checkpoint of train.py
+    or finetune.py, or init_from, a Hugging Face directory (an export of this project, GPT-2's
+    own, or save_pretrained's) or a GPT-2 name. carried: the pause settings the model comes with,
+    {"pause_frac": ..., "num_pauses": ...} as checkpoint_settings gives them; GPT-2's own weights
+    are StdPT, not finetuned."""
     if init_from:
-        tok = get_tokenizer("gpt2")  # GPT-2's vocabulary and <|pause|>, whose row gpt2.py adds
-        return gpt2.from_pretrained(init_from, tok.vocab_size).to(device), tok, 0.0
+        folder, hf = gpt2.read_hf_config(init_from)
+        try:
+            tok = get_tokenizer(hf.get("tokenizer", "gpt2"))
+        except ValueError as e:
+            raise UserError(f"{folder / 'config.json'}: {e}") from None
+        carried = gpt2.carried_settings(hf, tok, folder / "config.json")
+        model = gpt2.from_pretrained(init_from, tok.vocab_size)  # a name: downloads the weights
+        return model.to(device), tok, carried
     try:  # a foreign file is refused, saying what it holds and what a checkpoint holds
         model, tok, ckpt = load_checkpoint(ckpt_path, device)
     except UserError as e:
@@ -78,4 +120,11 @@ def load_model(ckpt_path, init_from, device="cpu"):
         raise UserError(f"--ckpt {ckpt_path}: the model's vocabulary ({model.config.vocab_size} "
                          f"ids) has no pause token (the {tok.name} tokenizer's <|pause|> is id "
                          f"{tok.pause_id}); train.py's vocabulary has it")
-    return model, tok, ckpt.get("pause_frac", 0.0)
+    return model, tok, checkpoint_settings(ckpt)
+
+
+def load_model(ckpt_path, init_from, device="cpu"):
+    """(model, tokenizer, pause_frac): load_pretrained with pause_frac alone of what the model
+    carries, for callers that need no more."""
+    model, tok, carried = load_pretrained(ckpt_path, init_from, device)
+    return model, tok, carried["pause_frac"]

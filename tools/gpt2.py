@@ -5,8 +5,10 @@ StdPT_PauseFT is pause-finetuning a model that was pretrained without pauses.
     from_pretrained("gpt2", vocab_size)   Hugging Face's GPT-2 checkpoint -> model.py's GPT
 
 GPT-2 is model.py's GPT with biases and the tanh approximation of GELU: the same blocks under other
-names. The files are the hub's config.json and pytorch_model.bin, read with torch.load's
-weights_only=True (plain tensors, no code), so no new dependency is needed.
+names. A checkpoint directory holds config.json and the weights in one of WEIGHTS: safetensors
+(read by tools/safetensors_io.py, no code in the file), possibly in shards, or pytorch_model.bin,
+read with torch.load's weights_only=True (plain tensors, no code); no new dependency is needed.
+A name of NAMES is downloaded from the hub (config.json and pytorch_model.bin).
 """
 import json
 from pathlib import Path
@@ -15,10 +17,15 @@ import torch
 
 from model import GPT, GPTConfig
 from tools.common import UserError, download as fetch
+from tools.safetensors_io import load_file
 
 NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 URL = "https://huggingface.co/{name}/resolve/main/{file}"
-FILES = ("config.json", "pytorch_model.bin")
+FILES = ("config.json", "pytorch_model.bin")  # what a download by name fetches
+# The weights files a directory may hold, the first found is read: transformers 5's save_pretrained
+# writes model.safetensors only (or shards listed in the index), older tools pytorch_model.bin.
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+LAYOUT = "config.json and model.safetensors or pytorch_model.bin"
 # Hugging Face's names of the GELU model.py computes; gelu_new is GPT-2's own tanh formula, the
 # same function as torch's approximate="tanh" up to float rounding.
 ACTIVATIONS = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}
@@ -58,23 +65,89 @@ def _folder(init_from, cache_dir, files=FILES):
     folder = Path(init_from)
     if not folder.is_dir():
         raise UserError(f"--init_from {init_from!r} is neither a GPT-2 checkpoint name "
-                         f"({', '.join(NAMES)}) nor a directory holding {' and '.join(FILES)}")
-    for file in files:
-        if not (folder / file).is_file():
-            raise UserError(f"{folder}: no {file}; a GPT-2 checkpoint directory holds "
-                             f"{' and '.join(FILES)} (the Hugging Face layout)")
+                         f"({', '.join(NAMES)}) nor a directory holding {LAYOUT}")
+    if not (folder / "config.json").is_file():
+        raise UserError(f"{folder}: no config.json; a GPT-2 checkpoint directory holds {LAYOUT} "
+                         "(the Hugging Face layout)")
     return folder
+
+
+def weights_file(folder):
+    """The first of WEIGHTS in folder."""
+    found = [folder / name for name in WEIGHTS if (folder / name).is_file()]
+    if not found:
+        raise UserError(f"{folder}: no {' or '.join(WEIGHTS)}; a GPT-2 checkpoint directory "
+                         f"holds {LAYOUT} (the Hugging Face layout)")
+    return found[0]
+
+
+def read_weights(path):
+    """{name: tensor} of a weights file of WEIGHTS; a damaged or foreign file is a UserError
+    naming it."""
+    if path.name.endswith(".safetensors"):
+        return load_file(path)
+    if path.name.endswith(".index.json"):  # shards: {"weight_map": {tensor name: file}}
+        try:
+            shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise UserError(f"{path}: not a safetensors index ({type(e).__name__}: {e})") from None
+        sd = {}
+        for shard in shards:
+            if not (path.parent / shard).is_file():
+                raise UserError(f"{path} lists {shard}, which is not in {path.parent}")
+            sd.update(load_file(path.parent / shard))
+        return sd
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a damaged or foreign file fails in many ways inside the unpickler
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path}: not a readable PyTorch weights file ({why}); download or "
+                         "export it again") from None
+    if not isinstance(sd, dict) or not all(isinstance(t, torch.Tensor) for t in sd.values()):
+        raise UserError(f"{path}: holds a {type(sd).__name__}, not a dict of tensors")
+    return sd
+
+
+def read_hf_config(init_from, cache_dir="data_cache/gpt2"):
+    """(directory, its config.json as a dict) of the checkpoint init_from (a name or a DIR)."""
+    folder = _folder(init_from, cache_dir, files=FILES[:1])
+    path = folder / "config.json"
+    try:
+        hf = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not a GPT-2 config.json ({type(e).__name__}: {e})") from None
+    if not isinstance(hf, dict):
+        raise UserError(f"{path}: not a GPT-2 config.json (a JSON {type(hf).__name__})")
+    return folder, hf
+
+
+def carried_settings(hf, tok, path):
+    """The pause settings a config.json carries (tools/export.py writes them), as
+    checkpoint.checkpoint_settings gives them: {"pause_frac", "num_pauses"}. GPT-2's own files
+    carry none: a StdPT model, not finetuned. A pause_token_id other than the tokenizer's is
+    refused: the model's pause row would be another id."""
+    pause_id = hf.get("pause_token_id", tok.pause_id)
+    if pause_id != tok.pause_id:
+        raise UserError(f"{path}: pause_token_id {pause_id!r}, but the {tok.name} tokenizer's "
+                         f"<|pause|> is {tok.pause_id}")
+    frac = hf.get("pause_frac") or 0.0
+    m_ft = hf.get("num_pauses")
+    if not isinstance(frac, (int, float)) or not 0 <= frac < 1:
+        raise UserError(f"{path}: pause_frac {frac!r}; expected a number in [0, 1)")
+    if m_ft is not None and (not isinstance(m_ft, int) or m_ft < 0):
+        raise UserError(f"{path}: num_pauses {m_ft!r}; expected M_ft, an integer >= 0, or null")
+    return {"pause_frac": float(frac), "num_pauses": m_ft}
 
 
 def hf_config(init_from, cache_dir="data_cache/gpt2"):
     """GPTConfig's settings (all but vocab_size) for the checkpoint init_from, from its
     config.json. Settings that model.py does not have are refused, naming them."""
-    path = _folder(init_from, cache_dir, files=FILES[:1]) / "config.json"
+    folder, hf = read_hf_config(init_from, cache_dir)
+    path = folder / "config.json"
     try:
-        hf = json.loads(path.read_text())
         n_embd, n_layer, n_head, n_positions = (hf[k] for k in
                                                 ("n_embd", "n_layer", "n_head", "n_positions"))
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (KeyError, TypeError) as e:
         raise UserError(f"{path}: not a GPT-2 config.json ({type(e).__name__}: {e})") from None
     unsupported = {"model_type": (hf.get("model_type", "gpt2"), "gpt2"),
                    "n_inner": (hf.get("n_inner") or 4 * n_embd, 4 * n_embd),
@@ -97,8 +170,8 @@ def from_pretrained(init_from, vocab_size, cache_dir="data_cache/gpt2", dropout=
     GPT-2 layout), for a tokenizer of vocab_size ids (50258 for gpt2: GPT-2's 50257 + <|pause|>)."""
     folder = _folder(init_from, cache_dir)
     config = GPTConfig(vocab_size=vocab_size, dropout=dropout, **hf_config(str(folder)))
-    path = folder / "pytorch_model.bin"
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+    path = weights_file(folder)
+    sd = read_weights(path)
     # Files saved by transformers prefix every name with "transformer."; the hub's own files do not,
     # and they carry GPT-2's causal-mask buffers, which model.py has no use for.
     sd = {k.removeprefix("transformer."): v for k, v in sd.items()
