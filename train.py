@@ -6,10 +6,11 @@ Pretraining, standard (StdPT) or with pauses (PausePT), from a laptop CPU to a c
     python train.py --init_from gpt2 --pause_frac 0.1 --data DIR   # GPT-2, continued
     torchrun --standalone --nproc_per_node 8 train.py --preset 1b --data DIR --pause_frac 0.1
 
-With --pause_frac > 0, each sequence gets M_pt = pause_frac x block_size <pause> tokens at
-random places (paper Sec. 3.1; data.PretrainLoader through pause.py), and the loss skips the
-targets that are pauses. The rest is nanoGPT-style training: AdamW, warmup and cosine decay,
-gradient accumulation, DDP, bf16 autocast, and checkpoints that resume exactly.
+With --pause_frac > 0, each sequence gets M_pt = pause_frac x block_size
+<pause> tokens at random places (paper Sec. 3.1; data.PretrainLoader through
+pause.py), and the loss skips the targets that are pauses. The rest is
+nanoGPT-style training: AdamW, warmup and cosine decay, gradient accumulation,
+DDP, bf16 autocast, and checkpoints that resume exactly.
 """
 import json
 import math
@@ -80,8 +81,8 @@ class TrainConfig:
         resolve_dtype(self.dtype, resolve_device(self.device))  # e.g. cuda on a CPU machine
         require(self.preset in PRESETS,
                 f"--preset must be one of {', '.join(sorted(PRESETS))}, got {self.preset!r}")
-        # Zero for the first would divide by zero or train nothing; a negative --grad_clip
-        # would turn every gradient around.
+        # Zero for the first would divide by zero or train nothing; a
+        # negative --grad_clip would turn every gradient around.
         check_ranges(self, {
             ">= 1": "batch_size max_steps builtin_docs log_interval eval_iters",
             ">= 0": "block_size n_layer n_head n_embd total_batch_tokens max_tokens "
@@ -103,9 +104,10 @@ class TrainConfig:
         check_run_dir(self)
 
 
-# -----------------------------------------------------------------------------------------------
-# The run directory: one run owns it while it lives (tools.common.own_run_dir). A new run
-# replaces an earlier one only when told to; a resumed one continues its log.
+# -----------------------------------------------------------------------------
+# The run directory: one run owns it while it lives (tools.common.own_run_dir).
+# A new run replaces an earlier one only when told to; a resumed one continues
+# its log.
 
 def check_run_dir(cfg):
     """Refuse --resume with nothing to resume, or a new run over a checkpoint."""
@@ -131,20 +133,35 @@ def clear_earlier_run(out_dir):
 
 
 def cut_log_after(path, step):
-    """Drop a log's rows after step: a run killed after its last checkpoint wrote them, and
-    the resumed run writes them again."""
+    """Drop a log's rows after step: a run killed after its last checkpoint
+    wrote them, and the resumed run writes them again."""
     if os.path.isfile(path):
         kept = [json.dumps(r) + "\n" for r in read_jsonl(path) if r["step"] <= step]
         atomic_write(path, lambda f: f.writelines(kept), "w")
 
 
-# -----------------------------------------------------------------------------------------------
-# What a run starts from: its data, the model's shape, and on --resume the checkpoint's state.
-# Each refuses what does not fit, before any work.
+# -----------------------------------------------------------------------------
+# What a run starts from: its data, the model's shape, and on --resume the
+# checkpoint's state. Each refuses what does not fit, before any work.
+
+def tokenizer_for(cfg, meta, ckpt):
+    """The data's tokenizer. The built-in world's is the checkpoint's on --resume, else
+    GPT-2's with --init_from (the weights know no other), else bytes."""
+    name = "gpt2" if cfg.init_from else "byte"
+    if ckpt:
+        name = ckpt["tokenizer"]
+    if meta:
+        name = meta["tokenizer"]
+    require(not cfg.init_from or name == "gpt2",
+            f"--init_from {cfg.init_from} needs data tokenized for GPT-2, but {cfg.data} "
+            f"holds {name} tokens; prepare it with --tokenizer gpt2")
+    return get_tokenizer(name)
+
 
 def make_loaders(cfg, tok, T, rank, world_size, meta):
-    """The training loader and {metric: validation loader}, from a prepared directory or the
-    built-in world (made in memory in a second; train and val from other seeds)."""
+    """The training loader and {metric: validation loader}, from a prepared
+    directory or the built-in world (made in memory in a second; train and val
+    from other seeds)."""
     if meta:
         train_src = val_src = cfg.data
     else:
@@ -163,7 +180,7 @@ def make_loaders(cfg, tok, T, rank, world_size, meta):
         fracs["val_loss_nopause"] = 0.0
     val_loaders = {k: PretrainLoader(val_src, B, T, frac, tok.pause_id, split="val", **kw)
                    for k, frac in fracs.items()}
-    # Each evaluation reads the split's first eval_iters batches; more would repeat windows.
+    # An evaluation reads the split's first eval_iters batches, each window once.
     batches = val_loaders["val_loss"].num_windows // (B * world_size)
     require(cfg.eval_iters <= batches,
             f"--eval_iters {cfg.eval_iters}: the validation split holds {batches} batches "
@@ -172,8 +189,9 @@ def make_loaders(cfg, tok, T, rank, world_size, meta):
 
 
 def checked_model_config(cfg, vocab_size, ckpt):
-    """The model's shape: a preset with the flags' overrides; or GPT-2's or the checkpoint's,
-    which the flags may repeat but not change (--block_size may cut the context)."""
+    """The model's shape: a preset with the flags' overrides; or GPT-2's or the
+    checkpoint's, which the flags may repeat but not change (--block_size may
+    cut the context)."""
     names = ("block_size", "n_layer", "n_head", "n_embd")
     flags = {k: getattr(cfg, k) for k in names if getattr(cfg, k)}
     if ckpt is None and not cfg.init_from:
@@ -194,7 +212,7 @@ def checked_model_config(cfg, vocab_size, ckpt):
 
 
 def grad_accum_of(cfg, T, world_size):
-    """(tokens a step, micro-steps a step): batch x T x world x grad_accum tokens a step."""
+    """(tokens a step, micro-steps a step): batch x T x world x grad_accum."""
     micro = cfg.batch_size * T * world_size
     total = cfg.total_batch_tokens or micro
     q = total // micro
@@ -205,13 +223,14 @@ def grad_accum_of(cfg, T, world_size):
     return total, total // micro
 
 
-# Settings a resumed run may change, with a note: its steps are then no longer one run's.
+# Settings a resumed run may change, with a note: the steps then differ.
 CHANGEABLE = ("batch_size", "total_batch_tokens", "max_steps", "max_tokens", "lr",
               "min_lr", "warmup_steps", "weight_decay", "beta2", "grad_clip")
 
 
 def check_resume(ckpt, cfg, tok, world_size, master):
-    """Refuse a checkpoint of another tokenizer or pause_frac; say which settings changed."""
+    """Refuse a checkpoint of another tokenizer or pause_frac; note what
+    settings changed."""
     path = os.path.join(cfg.out_dir, "ckpt.pt")
     for key, now in (("tokenizer", tok.name), ("pause_frac", cfg.pause_frac)):
         require(ckpt[key] == now,
@@ -222,19 +241,20 @@ def check_resume(ckpt, cfg, tok, world_size, master):
     changed = [f"{k} {now[k]} (was {then[k]})"
                for k in (*CHANGEABLE, "world_size") if then.get(k, now[k]) != now[k]]
     if changed and master:
-        print(f"note: resuming with {', '.join(changed)}. The data continues where it "
-              "stopped, but the steps are no longer those of one uninterrupted run.")
+        print(f"note: resuming with {', '.join(changed)}. The data continues "
+              "where it stopped, but the steps are no longer those of one "
+              "uninterrupted run.")
 
 
 def restore(ckpt, model, optimizer, loader, device, master):
     """Put a checkpoint's state into this run; returns its step and token counts."""
     model.load_state_dict(ckpt["model"])
-    # Adam's moments come from the checkpoint, its settings (decay, betas) from the flags.
+    # Adam's moments from the checkpoint, its settings from the flags.
     ours = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     optimizer.load_state_dict(ckpt["optimizer"])
     for group, settings in zip(optimizer.param_groups, ours):
         group.update(settings)
-    loader.load_state_dict(ckpt["loader"])  # refuses other data or another --block_size
+    loader.load_state_dict(ckpt["loader"])  # refuses other data or windows
     if master:
         # Other ranks keep their own seeds: their random numbers only drive dropout.
         torch.set_rng_state(ckpt["rng"]["torch"].cpu())
@@ -244,22 +264,47 @@ def restore(ckpt, model, optimizer, loader, device, master):
     return ckpt["step"], ckpt["tokens_seen"], ckpt["real_tokens_seen"]
 
 
+def make_model(cfg, model_config, tok, device, rank, local_rank, world_size):
+    """Random weights from the seed, or GPT-2's (downloaded once a machine)."""
+    torch.manual_seed(cfg.seed + rank)
+    if not cfg.init_from:
+        return GPT(model_config).to(device)
+    if cfg.init_from in gpt2.NAMES and world_size > 1:
+        if local_rank == 0:  # the other processes of the machine read its files
+            gpt2.download(cfg.init_from)
+        dist.barrier()
+    model = gpt2.from_pretrained(cfg.init_from, tok.vocab_size, dropout=cfg.dropout)
+    return model.to(device)
+
+
+def ready_run_dir(cfg, step):
+    """Delete what a killed write left; on --resume the log's rows after step,
+    else the earlier run's files (check_run_dir allowed that only with
+    --overwrite)."""
+    remove_interrupted_writes(cfg.out_dir, ["ckpt.pt", "metrics.jsonl"])
+    if cfg.resume:
+        cut_log_after(os.path.join(cfg.out_dir, "metrics.jsonl"), step)
+    else:
+        clear_earlier_run(cfg.out_dir)
+
+
 def nan_culprit(cfg):
     """The flag a diverged run most likely owes its NaN to, and what to do."""
-    # AdamW scales the weights by 1 - lr x weight_decay a step: at 1 or more, they flip.
+    # AdamW scales the weights by 1 - lr x weight_decay a step.
     if cfg.weight_decay > 1 and cfg.lr * cfg.weight_decay >= 1:
-        return (f"The cause is --weight_decay {cfg.weight_decay}: with --lr {cfg.lr} it "
-                "flips the weights' sign each step; the usual values are 0 to 0.1")
-    return (f"The usual cause is a learning rate too high for this model (--lr {cfg.lr}): "
-            "try a smaller one, or a longer --warmup_steps")
+        return (f"The cause is --weight_decay {cfg.weight_decay}: with --lr "
+                f"{cfg.lr} it flips the weights' sign each step; the usual values "
+                "are 0 to 0.1")
+    return (f"The usual cause is a learning rate too high for this model "
+            f"(--lr {cfg.lr}): try a smaller one, or a longer --warmup_steps")
 
 
-# -----------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 
 @torch.no_grad()
 def evaluate(model, val_loaders, eval_iters, autocast, world_size):
-    """Mean loss of the first eval_iters validation batches, averaged over ranks: the same
-    batches every time, so that values compare across steps."""
+    """Mean loss of the first eval_iters validation batches, averaged over
+    ranks: the same batches every time, so that values compare across steps."""
     model.eval()
     out = {}
     for key, loader in val_loaders.items():
@@ -279,18 +324,18 @@ def evaluate(model, val_loaders, eval_iters, autocast, world_size):
 
 
 def next_batch(loader, device):
-    """(loader state before the batch, its pause count, x, y): a checkpoint taken before this
-    batch is used must hold the state that yields it again."""
+    """(loader state before the batch, its pause count, x, y): a checkpoint
+    taken before this batch is used must hold the state that yields it again."""
     state = loader.state_dict()
     before = loader.pause_tokens
     x, y = loader.next_batch()
     return state, loader.pause_tokens - before, *to_device(x, y, device)
 
 
-# -----------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 
 def train(cfg: TrainConfig) -> str:
-    """Pretrain as cfg says (checked by cfg.check()); returns the path of its checkpoint.
+    """Pretrain as cfg says (checked by cfg.check()); returns the checkpoint's path.
     Callable in-process; DDP when launched by torchrun."""
     rank, local_rank, world_size, device = setup_ddp(cfg.device)
     master = rank == 0
@@ -300,42 +345,28 @@ def train(cfg: TrainConfig) -> str:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     log_path = os.path.join(cfg.out_dir, "metrics.jsonl")
-    # One run owns out_dir while it lives: a second run started there is refused.
+    # One run owns out_dir while it lives: a second one started there is refused.
     with own_run_dir(cfg.out_dir) if master else nullcontext():
-        if master:  # again, now that it is ours: another run may have ended here meanwhile
+        if master:  # again, now that it is ours: another run may have ended here
             check_run_dir(cfg)
-        # ---- what the run starts from. The tokenizer is the data's; the built-in world's is
-        # the checkpoint's on --resume, else GPT-2's with --init_from, else bytes.
-        ckpt = read_checkpoint(ckpt_path, device, "pretraining") if cfg.resume else None
+        # ---- what the run starts from, checked before any work
+        ckpt = None
+        if cfg.resume:
+            ckpt = read_checkpoint(ckpt_path, device, "pretraining")
         meta = read_checked_meta(cfg.data) if cfg.data else None
-        tok_name = "gpt2" if cfg.init_from else "byte"
-        if ckpt:
-            tok_name = ckpt["tokenizer"]
-        if meta:
-            tok_name = meta["tokenizer"]
-        require(not cfg.init_from or tok_name == "gpt2",
-                f"--init_from {cfg.init_from} needs data tokenized for GPT-2, but "
-                f"{cfg.data} holds {tok_name} tokens; prepare it with --tokenizer gpt2")
-        tok = get_tokenizer(tok_name)
-        if cfg.init_from in gpt2.NAMES and world_size > 1:
-            if local_rank == 0:  # one download a machine; the other processes read its files
-                gpt2.download(cfg.init_from)
-            dist.barrier()
+        tok = tokenizer_for(cfg, meta, ckpt)
         model_config = checked_model_config(cfg, tok.vocab_size, ckpt)
-        # The context T of the training windows: the model's, unless cut by --block_size.
-        T = cfg.block_size or (ckpt["loader"]["block_size"] if ckpt else model_config.block_size)
+        # The context T of the windows: the model's, unless cut by --block_size (on
+        # --resume: as the checkpoint's run cut it).
+        T = ckpt["loader"]["block_size"] if ckpt else model_config.block_size
+        T = cfg.block_size or T
         total, grad_accum = grad_accum_of(cfg, T, world_size)
         max_steps = math.ceil(cfg.max_tokens / total) if cfg.max_tokens else cfg.max_steps
         loader, val_loaders = make_loaders(cfg, tok, T, rank, world_size, meta)
         if ckpt:
             check_resume(ckpt, cfg, tok, world_size, master)
-        # ---- the model: random weights from the seed, or GPT-2's; the checkpoint's on --resume
-        torch.manual_seed(cfg.seed + rank)
-        if cfg.init_from:
-            model = gpt2.from_pretrained(cfg.init_from, tok.vocab_size, dropout=cfg.dropout)
-        else:
-            model = GPT(model_config)
-        model.to(device)
+        # ---- the model and AdamW; on --resume, the checkpoint's state
+        model = make_model(cfg, model_config, tok, device, rank, local_rank, world_size)
         betas = (0.9, cfg.beta2)
         optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr, betas, device_type)
         step, tokens_seen, real_tokens_seen = 0, 0, 0  # the run's counters
@@ -344,18 +375,16 @@ def train(cfg: TrainConfig) -> str:
             step, tokens_seen, real_tokens_seen = counters
         del ckpt
         if master:
-            remove_interrupted_writes(cfg.out_dir, ["ckpt.pt", "metrics.jsonl"])
-            if cfg.resume:
-                cut_log_after(log_path, step)
-            else:  # check_run_dir let a new run here only with --overwrite or into nothing
-                clear_earlier_run(cfg.out_dir)
+            ready_run_dir(cfg, step)
             if meta and not val_loaders:
-                print(f"note: {cfg.data} has no validation split; no val_loss is logged")
-            print(f"model {cfg.init_from or cfg.preset}: {model.num_params() / 1e6:.2f}M "
-                  f"params, {model_config.n_layer}x{model_config.n_embd}, context {T}; "
-                  f"tokenizer {tok.name}; device {device} {dtype}; world {world_size}")
-            print(f"{max_steps} steps x {total:,} tokens (pauses included), grad_accum "
-                  f"{grad_accum}; pause_frac {cfg.pause_frac}: M_pt = {loader.num_pauses}")
+                print(f"note: {cfg.data} has no validation split: no val_loss")
+            millions = model.num_params() / 1e6
+            print(f"model {cfg.init_from or cfg.preset}, {millions:.2f}M params: "
+                  f"{model_config}")
+            print(f"tokenizer {tok.name}, data {cfg.data or 'built-in world'}, device "
+                  f"{device} {dtype}, world {world_size}")
+            print(f"{max_steps} steps x {total:,} tokens, grad_accum {grad_accum}; "
+                  f"M_pt = {loader.num_pauses} pauses a sequence")
         raw_model = model
         if cfg.compile:
             model = torch.compile(model)
@@ -364,8 +393,9 @@ def train(cfg: TrainConfig) -> str:
             model = DDP(model, device_ids=ids)
         peak = cfg.peak_flops or peak_flops_of(device)
 
-        # ---- the training loop. --stop_after ends this job early (a cluster's time limit)
-        # while the schedule keeps its length, so that --resume continues it as if never cut.
+        # ---- the training loop. --stop_after ends this job early (a cluster's
+        # time limit) while the schedule keeps its length, so that --resume
+        # continues it as if never cut.
         end = min(max_steps, step + cfg.stop_after) if cfg.stop_after else max_steps
         bar = tqdm(total=max_steps, initial=step, disable=not master, dynamic_ncols=True,
                    desc="train")
@@ -380,17 +410,17 @@ def train(cfg: TrainConfig) -> str:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             for micro in range(grad_accum):
-                # DDP all-reduces gradients in backward(); on inner micro-steps that would be
-                # wasted work, so gradients are synchronized only on the last one.
+                # DDP all-reduces gradients in backward(); on inner micro-steps
+                # that would be wasted work, so only the last one syncs.
                 sync = micro == grad_accum - 1 or world_size == 1
                 with nullcontext() if sync else model.no_sync(), autocast:
                     _, loss = model(x, y)
-                    loss = loss / grad_accum  # the step's gradient: the micro-batches' mean
+                    loss = loss / grad_accum  # a mean over the micro-batches
                 pauses_since_log += n_pause
-                # Fetching the next batch now lets its copy to the GPU overlap the backward.
+                # Fetching the next batch now: its copy to the GPU overlaps backward.
                 loader_state, n_pause, x, y = next_batch(loader, device)
                 loss.backward()
-                step_loss += loss.detach()  # kept on the device: reading it waits for the GPU
+                step_loss += loss.detach()  # on the device: .item() would wait
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
@@ -400,13 +430,14 @@ def train(cfg: TrainConfig) -> str:
             tokens_seen += total
             bar.update(1)
 
-            # Evaluate every eval_interval steps and at the end of the schedule (only there
-            # with --eval_interval 0). A checkpoint follows each evaluation and ends each run.
+            # Evaluate every eval_interval steps and at the end of the schedule
+            # (only there with --eval_interval 0). A checkpoint follows each
+            # evaluation and ends each run.
             on_interval = cfg.eval_interval and step % cfg.eval_interval == 0
             do_eval = bool(val_loaders) and (on_interval or step == max_steps)
             do_ckpt = on_interval or step == end
             if step % cfg.log_interval == 0 or do_ckpt or step == 1:
-                # The all-reduce is a sync point: only on logging steps, on every rank alike.
+                # The all-reduce is a sync point: only on logging steps.
                 stats = [step_loss.item() / steps_since_log, pauses_since_log]
                 stats = torch.tensor(stats, dtype=torch.float64, device=device)
                 if world_size > 1:
@@ -424,8 +455,9 @@ def train(cfg: TrainConfig) -> str:
                     losses = evaluate(raw_model, val_loaders, cfg.eval_iters, autocast,
                                       world_size)
                     row.update({k: round(v, 6) for k, v in losses.items()})
-                # A diverged model stops here, before its NaN weights could replace the last
-                # good checkpoint; every rank sees the same all-reduced numbers.
+                # A diverged model stops here, before its NaN weights could
+                # replace the last good checkpoint; every rank sees the same
+                # all-reduced numbers.
                 bad = [f"{k} {v}" for k, v in row.items()
                        if "loss" in k and not math.isfinite(v)]
                 if bad:
@@ -443,7 +475,7 @@ def train(cfg: TrainConfig) -> str:
                 pauses_since_log = 0
                 steps_since_log = 0
             if do_ckpt and master:
-                # Everything a resumed run needs to continue exactly as this one would have.
+                # All a resumed run needs to continue exactly as this one.
                 cuda_rng = torch.cuda.get_rng_state(device) if device_type == "cuda" else None
                 save_checkpoint({
                     "model": raw_model.state_dict(), "model_config": asdict(model_config),
@@ -454,7 +486,7 @@ def train(cfg: TrainConfig) -> str:
                     "config": asdict(cfg), "pause_frac": cfg.pause_frac,
                     "tokenizer": tok.name, "pause_id": tok.pause_id}, ckpt_path)
             if steps_since_log == 0:
-                t0 = time.time()  # tokens/s counts training only, not evaluation or saving
+                t0 = time.time()  # tokens/s counts training only
         bar.close()
         if world_size > 1:
             dist.barrier()  # every rank returns only once the checkpoint is on disk
@@ -474,7 +506,7 @@ def main(argv=None):
     cfg = parse_args(argv)
     try:
         train(cfg)
-    except UserError as e:  # a flag or file refused: one line that names it, no traceback
+    except UserError as e:  # one line that names the flag or file, no traceback
         raise SystemExit(f"train.py: error: {e}")
     finally:
         cleanup_ddp()
