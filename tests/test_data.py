@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import pause
-from data import PretrainLoader, builtin_tokens, read_checked_meta, get_tokenizer, load_shard, write_shard
+from data import (PretrainLoader, builtin_tokens, get_tokenizer, load_shard, read_checked_meta,
+                  write_shard)
 from pause import pause_pretrain_batch
 from tools.prepare import prepare
 from tools.common import UserError
@@ -102,7 +103,8 @@ def test_a_damaged_meta_json_is_named(tmp_path):
     meta = json.loads((d / "meta.json").read_text())
     # Wrong types in each field, which once surfaced as a TypeError or as a misleading shard
     # name: each is named by the file and the field.
-    damaged = {"tokenizer": [5, ["byte"], None], "train_shards": ["abc", [1.5], [-1], {"0": 1}, []],
+    damaged = {"tokenizer": [5, ["byte"], None],
+               "train_shards": ["abc", [1.5], [-1], {"0": 1}, []],
                "val_shards": [5, "12", [None], True]}
     for key, values in damaged.items():
         for value in values:

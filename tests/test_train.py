@@ -337,6 +337,122 @@ def test_two_runs_in_one_out_dir(tmp_path):
     assert not (out / ".lock").exists()
 
 
+def test_resume_refuses_a_finetuned_or_foreign_checkpoint(tmp_path):
+    out = tmp_path / "o"
+    run(**SMALL, max_steps=2, out_dir=str(out))
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    finetuned = {k: ckpt[k] for k in ("model", "model_config", "tokenizer", "pause_id")}
+    torch.save({**finetuned, "finetune_config": {"task": "add"}}, out / "ckpt.pt")
+    with pytest.raises(UserError, match="ckpt.pt is a finetuned checkpoint .* but a pretraining"):
+        run(**SMALL, max_steps=4, resume=True, out_dir=str(out))
+    torch.save(ckpt["model"], out / "ckpt.pt")  # a bare state_dict, as other projects save
+    with pytest.raises(UserError, match="not a checkpoint of this project: found a dict with "
+                                         "the keys blocks.0"):
+        run(**SMALL, max_steps=4, resume=True, out_dir=str(out))
+    (out / "ckpt.pt").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(UserError, match="not a checkpoint this project can read"):
+        run(**SMALL, max_steps=4, resume=True, out_dir=str(out))
+
+
+# -----------------------------------------------------------------------------------------------
+# Continued pretraining from GPT-2 weights (--init_from), on a tiny checkpoint in the Hugging Face
+# layout written here: no download.
+
+def tiny_hf_dir(path, n_layer=1, n_head=2, n_embd=32, n_positions=64):
+    """config.json + pytorch_model.bin as the hub stores GPT-2: Conv1D weights (in, out), no
+    'transformer.' prefix, the old attention-mask buffers, 50257 token rows."""
+    g = torch.Generator().manual_seed(0)
+    rand = lambda *shape: 0.02 * torch.randn(*shape, generator=g)  # noqa: E731
+    sd = {"wte.weight": rand(50257, n_embd), "wpe.weight": rand(n_positions, n_embd),
+          "ln_f.weight": 1 + rand(n_embd), "ln_f.bias": rand(n_embd)}
+    for i in range(n_layer):
+        h = f"h.{i}."
+        sd.update({h + "ln_1.weight": 1 + rand(n_embd), h + "ln_1.bias": rand(n_embd),
+                   h + "attn.c_attn.weight": rand(n_embd, 3 * n_embd),
+                   h + "attn.c_attn.bias": rand(3 * n_embd),
+                   h + "attn.c_proj.weight": rand(n_embd, n_embd),
+                   h + "attn.c_proj.bias": rand(n_embd),
+                   h + "attn.bias": torch.ones(1, 1, n_positions, n_positions).tril(),
+                   h + "ln_2.weight": 1 + rand(n_embd), h + "ln_2.bias": rand(n_embd),
+                   h + "mlp.c_fc.weight": rand(n_embd, 4 * n_embd),
+                   h + "mlp.c_fc.bias": rand(4 * n_embd),
+                   h + "mlp.c_proj.weight": rand(4 * n_embd, n_embd),
+                   h + "mlp.c_proj.bias": rand(n_embd)})
+    path.mkdir()
+    torch.save(sd, path / "pytorch_model.bin")
+    (path / "config.json").write_text(json.dumps({
+        "model_type": "gpt2", "n_layer": n_layer, "n_head": n_head, "n_embd": n_embd,
+        "n_positions": n_positions, "vocab_size": 50257, "activation_function": "gelu_new"}))
+    return sd
+
+
+GPT2_RUN = dict(batch_size=4, builtin_docs=100, eval_iters=2, lr=3e-3, min_lr=3e-4, warmup_steps=2,
+                block_size=32, log_interval=1)
+
+
+def test_init_from_a_gpt2_directory_continues_its_weights(tmp_path):
+    sd = tiny_hf_dir(tmp_path / "hf")
+    out = tmp_path / "o"
+    run(**GPT2_RUN, init_from=str(tmp_path / "hf"), pause_frac=0.1, max_steps=4,
+                      eval_interval=2, out_dir=str(out))
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    assert ckpt["tokenizer"] == "gpt2" and ckpt["pause_id"] == 50257
+    shape = ("n_layer", "n_embd", "block_size", "bias", "gelu")
+    assert {k: ckpt["model_config"][k] for k in shape} \
+        == dict(n_layer=1, n_embd=32, block_size=64, bias=True, gelu="tanh")
+    # The first logged loss is the loss of the GPT-2 weights on the first batch: computed here
+    # with a plain GPT-2 forward pass written from the file's tensors.
+    tok = get_tokenizer("gpt2")
+    loader = PretrainLoader(builtin_tokens(100, seed=0, tokenizer_name="gpt2"), 4, 32, 0.1,
+                            tok.pause_id, seed=1337)
+    x, y = loader.next_batch()
+    assert metrics(out)[0]["loss"] == pytest.approx(gpt2_loss(sd, x, y), abs=1e-5)
+    # A run that began from GPT-2 resumes with --resume alone: the shape comes from its checkpoint.
+    run(**GPT2_RUN, pause_frac=0.1, max_steps=6, resume=True, out_dir=str(out))
+    assert [r["step"] for r in metrics(out)] == list(range(1, 7))
+
+
+def gpt2_loss(sd, x, y):
+    """GPT-2's forward pass on the hub's tensors (Conv1D: x @ W + b; tanh GELU), independent of
+    model.py. The rows after GPT-2's 50257 (the pause, then padding to 50304) are the mean row."""
+    n_embd, n_head = sd["wte.weight"].size(1), 2
+    wte = torch.cat([sd["wte.weight"], sd["wte.weight"].mean(0, keepdim=True).expand(47, -1)])
+    h = wte[x] + sd["wpe.weight"][: x.size(1)]
+    ln = lambda t, p: F.layer_norm(t, (n_embd,), sd[p + ".weight"], sd[p + ".bias"])  # noqa: E731
+    q, k, v = (ln(h, "h.0.ln_1") @ sd["h.0.attn.c_attn.weight"] + sd["h.0.attn.c_attn.bias"]) \
+        .split(n_embd, dim=2)
+    heads = lambda t: t.view(*x.shape, n_head, -1).transpose(1, 2)  # noqa: E731
+    att = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), is_causal=True)
+    h = h + att.transpose(1, 2).reshape(h.shape) @ sd["h.0.attn.c_proj.weight"] \
+        + sd["h.0.attn.c_proj.bias"]
+    m = F.gelu(ln(h, "h.0.ln_2") @ sd["h.0.mlp.c_fc.weight"] + sd["h.0.mlp.c_fc.bias"],
+               approximate="tanh")
+    h = h + m @ sd["h.0.mlp.c_proj.weight"] + sd["h.0.mlp.c_proj.bias"]
+    logits = ln(h, "ln_f") @ wte.t()
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1),
+                           ignore_index=-1).item()
+
+
+def test_init_from_refuses_what_does_not_fit(tmp_path):
+    tiny_hf_dir(tmp_path / "hf")
+    flags = dict(GPT2_RUN, init_from=str(tmp_path / "hf"), out_dir=str(tmp_path / "o"))
+    with pytest.raises(UserError, match=r"has n_layer=1 but this run has n_layer=3 \(--n_layer"):
+        run(**{**flags, "n_layer": 3})
+    with pytest.raises(UserError, match="has n_layer=1 but this run has n_layer=12 "
+                                         "\\(--preset 130m\\)"):
+        run(**{**flags, "preset": "130m"})
+    with pytest.raises(UserError, match="has block_size=64 but this run has block_size=128"):
+        run(**{**flags, "block_size": 128})
+    src = tmp_path / "c.txt"
+    src.write_text("some text\n" * 500)
+    prepare([str(src)], tmp_path / "bytes", "byte", val_every=0, workers=1)
+    with pytest.raises(UserError, match="needs data tokenized for GPT-2, but .* holds byte"):
+        run(**{**flags, "data": str(tmp_path / "bytes")})
+    with pytest.raises(UserError, match="unknown GPT-2 checkpoint|neither a GPT-2 checkpoint"):
+        run(**{**flags, "init_from": "gpt3"})
+    assert not (tmp_path / "o").exists()
+
+
 def test_check_run_dir(tmp_path):
     def check(**flags):
         check_run_dir(TrainConfig(**{"out_dir": str(tmp_path), **flags}))
