@@ -264,16 +264,13 @@ def restore(ckpt, model, optimizer, loader, device, master):
     return ckpt["step"], ckpt["tokens_seen"], ckpt["real_tokens_seen"]
 
 
-def make_model(cfg, model_config, tok, device, rank, local_rank, world_size):
-    """Random weights from the seed, or GPT-2's (downloaded once a machine)."""
+def make_model(cfg, model_config, tok, device, rank):
+    """Random weights from the seed, or GPT-2's."""
     torch.manual_seed(cfg.seed + rank)
     if not cfg.init_from:
         return GPT(model_config).to(device)
-    if cfg.init_from in gpt2.NAMES and world_size > 1:
-        if local_rank == 0:  # the other processes of the machine read its files
-            gpt2.download(cfg.init_from)
-        dist.barrier()
     model = gpt2.from_pretrained(cfg.init_from, tok.vocab_size, dropout=cfg.dropout)
+    assert model.config == model_config  # the shape the flags were checked against
     return model.to(device)
 
 
@@ -355,6 +352,10 @@ def train(cfg: TrainConfig) -> str:
             ckpt = read_checkpoint(ckpt_path, device, "pretraining")
         meta = read_checked_meta(cfg.data) if cfg.data else None
         tok = tokenizer_for(cfg, meta, ckpt)
+        if cfg.init_from in gpt2.NAMES and world_size > 1:
+            if local_rank == 0:  # one download a machine; the others read its files
+                gpt2.download(cfg.init_from)
+            dist.barrier()
         model_config = checked_model_config(cfg, tok.vocab_size, ckpt)
         # The context T of the windows: the model's, unless cut by --block_size (on
         # --resume: as the checkpoint's run cut it).
@@ -366,7 +367,7 @@ def train(cfg: TrainConfig) -> str:
         if ckpt:
             check_resume(ckpt, cfg, tok, world_size, master)
         # ---- the model and AdamW; on --resume, the checkpoint's state
-        model = make_model(cfg, model_config, tok, device, rank, local_rank, world_size)
+        model = make_model(cfg, model_config, tok, device, rank)
         betas = (0.9, cfg.beta2)
         optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr, betas, device_type)
         step, tokens_seen, real_tokens_seen = 0, 0, 0  # the run's counters
@@ -379,8 +380,8 @@ def train(cfg: TrainConfig) -> str:
             if meta and not val_loaders:
                 print(f"note: {cfg.data} has no validation split: no val_loss")
             millions = model.num_params() / 1e6
-            print(f"model {cfg.init_from or cfg.preset}, {millions:.2f}M params: "
-                  f"{model_config}")
+            shape = f"{model_config.n_layer}x{model_config.n_embd}, context {T}"
+            print(f"model {cfg.init_from or cfg.preset}, {millions:.2f}M params ({shape})")
             print(f"tokenizer {tok.name}, data {cfg.data or 'built-in world'}, device "
                   f"{device} {dtype}, world {world_size}")
             print(f"{max_steps} steps x {total:,} tokens, grad_accum {grad_accum}; "
