@@ -1,18 +1,17 @@
 """
 Pretraining, standard (StdPT) or with pauses (PausePT), from a laptop CPU to a cluster:
 
-    python train.py                        # built-in corpus, tiny model, CPU, about 2 minutes
-    python train.py --pause_frac 0.1       # the same with pause-pretraining (M_pt = 10% of T)
-    python train.py --init_from gpt2 --pause_frac 0.1 --data DIR    # continue GPT-2 with pauses
-    torchrun --standalone --nproc_per_node 8 train.py --preset 1b --data c4 --pause_frac 0.1 ...
+    python train.py                     # built-in corpus, tiny model, CPU, about 2 minutes
+    python train.py --pause_frac 0.1    # with pause-pretraining: M_pt = 10% of T
+    python train.py --init_from gpt2 --pause_frac 0.1 --data DIR   # GPT-2, continued
+    torchrun --standalone --nproc_per_node 8 train.py --preset 1b --data DIR --pause_frac 0.1
 
-With --pause_frac > 0 every pretraining sequence gets M_pt = pause_frac x block_size <pause>
-tokens at random places (paper Sec. 3.1, done by data.PretrainLoader through pause.py), and the
-loss skips the targets that are pauses. Everything else is ordinary nanoGPT-style training: AdamW,
-linear warmup and cosine decay, gradient accumulation, DDP, bf16 autocast, and checkpoints that
-are written atomically and resume exactly.
+With --pause_frac > 0, each sequence gets M_pt = pause_frac x block_size
+<pause> tokens at random places (paper Sec. 3.1; data.PretrainLoader through
+pause.py), and the loss skips the targets that are pauses. The rest is
+nanoGPT-style training: AdamW, warmup and cosine decay, gradient accumulation,
+DDP, bf16 autocast, and checkpoints that resume exactly.
 """
-import glob
 import json
 import math
 import os
@@ -25,167 +24,284 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from data import PretrainLoader, builtin_tokens, data_meta, get_tokenizer, to_device
+from data import PretrainLoader, builtin_tokens, get_tokenizer, read_checked_meta, to_device
 from model import GPT, GPTConfig, PRESETS, config_from_preset
 from tools import gpt2
 from tools.checkpoint import read_checkpoint, save_checkpoint
 from tools.common import (UserError, append_jsonl, atomic_write, check_ranges, cleanup_ddp,
-                          config_parser, lr_at, peak_flops_of, read_jsonl, resolve_device,
-                          resolve_dtype, setup_ddp)
+                          lr_at, own_run_dir, parse_config, peak_flops_of, read_jsonl,
+                          remove_interrupted_writes, require, require_writable_dir,
+                          resolve_device, resolve_dtype, setup_ddp)
 
 
 @dataclass
 class TrainConfig:
     # the method
-    pause_frac: float = 0.0        # M_pt / block_size; 0 = standard pretraining, the paper uses 0.1
+    pause_frac: float = 0.0      # M_pt / block_size; 0 = standard pretraining, the paper uses 0.1
     # model
-    preset: str = "tiny"           # model shape, which the next four flags override in part
-    block_size: int = 0            # context T in tokens; 0 = the preset's (GPT-2's: 1024)
-    n_layer: int = 0               # transformer blocks; 0 = the preset's
-    n_head: int = 0                # attention heads, a divisor of n_embd; 0 = the preset's
-    n_embd: int = 0                # width d_model; 0 = the preset's
-    dropout: float = 0.0           # dropout probability; 0 = none, usual in pretraining
-    init_from: str = ""            # GPT-2 weights and shape: gpt2, gpt2-medium, -large, -xl or DIR
+    preset: str = "tiny"         # model shape, which the next four flags override in part
+    block_size: int = 0          # context T in tokens; 0 = the preset's (GPT-2's: 1024)
+    n_layer: int = 0             # transformer blocks; 0 = the preset's
+    n_head: int = 0              # attention heads, a divisor of n_embd; 0 = the preset's
+    n_embd: int = 0              # width d_model; 0 = the preset's
+    dropout: float = 0.0         # dropout probability; 0 = none, usual in pretraining
+    init_from: str = ""          # GPT-2's weights: gpt2, gpt2-medium, -large, -xl or a DIR
     # data
-    data: str = ""                 # a directory of shards from prepare.py; empty = built-in world
-    builtin_docs: int = 5000       # documents in the built-in corpus; validation gets 1/10 as many
+    data: str = ""               # a directory made by tools/prepare.py; empty = built-in world
+    builtin_docs: int = 5000     # documents of the built-in corpus; validation gets 1/10
     # batch and length of training
-    batch_size: int = 16           # sequences per micro-step per process
-    total_batch_tokens: int = 0    # tokens per optimizer step, all processes; 0 = batch x T x world
-    max_steps: int = 250           # optimizer steps of the whole run (the schedule's length)
-    max_tokens: int = 0            # if > 0: max_steps = max_tokens / total_batch_tokens
-    stop_after: int = 0            # end this run after N steps (the schedule stays); 0 = never
+    batch_size: int = 16         # sequences per micro-step per process
+    total_batch_tokens: int = 0  # tokens per step, all processes; 0 = batch x T x world
+    max_steps: int = 250         # optimizer steps of the whole run (the schedule's length)
+    max_tokens: int = 0          # if > 0: max_steps = max_tokens / total_batch_tokens
+    stop_after: int = 0          # end this run after N steps (the schedule stays); 0 = never
     # optimizer: AdamW, linear warmup then cosine decay to min_lr
-    lr: float = 1e-3               # peak learning rate, reached after the warmup
-    min_lr: float = 1e-4           # learning rate at the end of the cosine decay
-    warmup_steps: int = 20         # steps of linear warmup
-    weight_decay: float = 0.1      # AdamW weight decay of the matrices (not of biases and norms)
-    beta2: float = 0.95            # AdamW's decay of the squared-gradient average
-    grad_clip: float = 1.0         # largest gradient norm; 0 = no clipping
+    lr: float = 1e-3             # peak learning rate, reached after the warmup
+    min_lr: float = 1e-4         # learning rate at the end of the decay, at most --lr
+    warmup_steps: int = 20       # steps of linear warmup
+    weight_decay: float = 0.1    # AdamW weight decay of the matrices (not biases or norms)
+    beta2: float = 0.95          # AdamW's decay of the squared-gradient average
+    grad_clip: float = 1.0       # largest gradient norm; 0 = no clipping
     # system
-    device: str = "auto"           # auto, cpu, cuda or cuda:N
-    dtype: str = "auto"            # auto = bfloat16 on a GPU that has it, else float32
-    compile: bool = False          # torch.compile the model: faster steps after a slow start
-    peak_flops: float = 0.0        # peak FLOP/s for MFU; 0 = look up the GPU's bf16 peak
-    seed: int = 1337               # seeds the weights, the data order and the pause positions
+    device: str = "auto"         # auto, cpu, cuda or cuda:N
+    dtype: str = "auto"          # auto = bfloat16 on a GPU that has it, else float32
+    compile: bool = False        # torch.compile the model: faster steps after a slow start
+    peak_flops: float = 0.0      # peak FLOP/s for MFU; 0 = look up the GPU's bf16 peak
+    seed: int = 1337             # seeds the weights, the data order and the pause positions
     # output
-    out_dir: str = "out"           # where ckpt.pt and metrics.jsonl go
-    log_interval: int = 10         # steps between lines of metrics.jsonl
-    eval_interval: int = 50        # steps between evaluations and checkpoints; 0 = one at the end
-    eval_iters: int = 10           # validation batches per evaluation
-    resume: bool = False           # continue out_dir/ckpt.pt exactly where it stopped
-    overwrite: bool = False        # start a new run in an out_dir that holds one, deleting it
+    out_dir: str = "out"         # where ckpt.pt and metrics.jsonl go
+    log_interval: int = 10       # steps between lines of metrics.jsonl
+    eval_interval: int = 50      # steps between evaluations and checkpoints; 0 = one at the end
+    eval_iters: int = 10         # validation batches an evaluation, at most the split holds
+    resume: bool = False         # continue out_dir/ckpt.pt exactly where it stopped
+    overwrite: bool = False      # start a new run in an out_dir that holds one, deleting it
+
+    def check(self):
+        """Every flag and the out_dir, before any work; an error names the flag."""
+        resolve_dtype(self.dtype, resolve_device(self.device))  # e.g. cuda on a CPU machine
+        require(self.preset in PRESETS,
+                f"--preset must be one of {', '.join(sorted(PRESETS))}, got {self.preset!r}")
+        # Zero for the first would divide by zero or train nothing; a
+        # negative --grad_clip would turn every gradient around.
+        check_ranges(self, {
+            ">= 1": "batch_size max_steps builtin_docs log_interval eval_iters",
+            ">= 0": "block_size n_layer n_head n_embd total_batch_tokens max_tokens "
+                    "stop_after min_lr warmup_steps weight_decay grad_clip peak_flops "
+                    "seed eval_interval",
+            "in [0, 1)": "pause_frac dropout beta2",
+            "> 0": "lr"})
+        require(self.min_lr <= self.lr,
+                f"--min_lr {self.min_lr} is above --lr {self.lr}: the decay would climb")
+        n_head = self.n_head or PRESETS[self.preset]["n_head"]
+        n_embd = self.n_embd or PRESETS[self.preset]["n_embd"]
+        require(self.init_from or n_embd % n_head == 0,
+                f"--n_head {n_head} does not divide --n_embd {n_embd}")
+        require(not (self.resume and self.init_from),
+                "--resume continues its checkpoint's weights; leave out --init_from")
+        require(not self.data or os.path.isdir(self.data),
+                f"--data {self.data} is not a directory of prepared data")
+        require_writable_dir(self.out_dir, "--out_dir")
+        check_run_dir(self)
 
 
-# -----------------------------------------------------------------------------------------------
-# A train.py run: its out_dir, checked before any work and readied once it starts, and what the
-# weights it starts from fix: the model's shape (GPT-2's for --init_from, the checkpoint's for
-# --resume), and for --resume also the tokenizer and pause_frac.
+# -----------------------------------------------------------------------------
+# The run directory: one run owns it while it lives (tools.common.own_run_dir).
+# A new run replaces an earlier one only when told to; a resumed one continues
+# its log.
 
-def check_out_dir(out_dir, resume, overwrite):
-    """Refuse, before any work, what would lose a run: an --out_dir that is a file, --resume
-    with nothing to resume, or a new run over a checkpoint without --overwrite."""
-    path = os.path.join(out_dir, "ckpt.pt")
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise UserError(f"--out_dir {out_dir} is a file, not a directory; choose another")
-    if resume and overwrite:
-        raise UserError(f"--resume continues {path}, --overwrite deletes it: give one of them")
-    if resume and not os.path.isfile(path):
-        raise UserError(f"--resume: no checkpoint at {path}; run without --resume to start "
-                         "training")
-    if not resume and not overwrite and os.path.exists(path):
-        raise UserError(f"{path} exists: give --resume to continue that run, --overwrite to "
-                         "replace it, or another --out_dir")
+def check_run_dir(cfg):
+    """Refuse --resume with nothing to resume, or a new run over a checkpoint."""
+    ckpt = os.path.join(cfg.out_dir, "ckpt.pt")
+    require(not (cfg.resume and cfg.overwrite),
+            "--resume continues a run, --overwrite deletes it: give one of them")
+    if cfg.resume:
+        require(os.path.isfile(ckpt),
+                f"--resume: no checkpoint at {ckpt}; leave out --resume to start a run")
+    else:
+        require(cfg.overwrite or not os.path.exists(ckpt),
+                f"{ckpt} exists: give --resume to continue that run, --overwrite to "
+                "replace it, or another --out_dir")
 
 
-def start_run_dir(out_dir, resume_step=None):
-    """Ready out_dir for a run, with a note for each file removed. A resumed run keeps the rows of
-    its JSON-lines logs up to resume_step (rows after it come from a run killed after its last
-    checkpoint, and will be written again); a new run deletes the files of an earlier one. Both
-    delete the temporary files of writes that were killed (one can be as big as a model)."""
-    os.makedirs(out_dir, exist_ok=True)
+def clear_earlier_run(out_dir):
+    """Delete an earlier run's checkpoint and log, saying so."""
     for name in ("ckpt.pt", "metrics.jsonl"):
         path = os.path.join(out_dir, name)
-        for tmp in glob.glob(os.path.join(glob.escape(out_dir), f".{glob.escape(name)}.*.tmp")):
-            os.remove(tmp)
-            print(f"note: removed {tmp}, left by a write that was interrupted")
-        if resume_step is None and os.path.exists(path):
+        if os.path.exists(path):
             os.remove(path)
             print(f"note: removed {path} of an earlier run")
-        elif resume_step is not None and name.endswith(".jsonl") and os.path.isfile(path):
-            rows = [r for r in read_jsonl(path) if r["step"] <= resume_step]
-            atomic_write(path, lambda f: f.writelines(json.dumps(r) + "\n" for r in rows), "w")
 
 
-def model_config_of(cfg, vocab_size, ckpt=None):
-    """The model's shape for train.py's TrainConfig cfg: for a new run, a preset with the flags'
-    overrides; from GPT-2 or on --resume, the shape of those weights, which the flags may repeat
-    but not change (the context may be cut: the position embeddings beyond it go unused)."""
-    flags = {k: getattr(cfg, k) for k in ("block_size", "n_layer", "n_head", "n_embd")
-             if getattr(cfg, k)}
+def cut_log_after(path, step):
+    """Drop a log's rows after step: a run killed after its last checkpoint
+    wrote them, and the resumed run writes them again."""
+    if os.path.isfile(path):
+        kept = [json.dumps(r) + "\n" for r in read_jsonl(path) if r["step"] <= step]
+        atomic_write(path, lambda f: f.writelines(kept), "w")
+
+
+# -----------------------------------------------------------------------------
+# What a run starts from: its data, the model's shape, and on --resume the
+# checkpoint's state. Each refuses what does not fit, before any work.
+
+def tokenizer_for(cfg, meta, ckpt):
+    """The data's tokenizer. The built-in world's is the checkpoint's on --resume, else
+    GPT-2's with --init_from (the weights know no other), else bytes."""
+    name = "gpt2" if cfg.init_from else "byte"
+    if ckpt:
+        name = ckpt["tokenizer"]
+    if meta:
+        name = meta["tokenizer"]
+    require(not cfg.init_from or name == "gpt2",
+            f"--init_from {cfg.init_from} needs data tokenized for GPT-2, but {cfg.data} "
+            f"holds {name} tokens; prepare it with --tokenizer gpt2")
+    return get_tokenizer(name)
+
+
+def make_loaders(cfg, tok, T, rank, world_size, meta):
+    """The training loader and {metric: validation loader}, from a prepared
+    directory or the built-in world (made in memory in a second; train and val
+    from other seeds)."""
+    if meta:
+        train_src = val_src = cfg.data
+    else:
+        train_src = builtin_tokens(cfg.builtin_docs, 0, tok.name)
+        val_src = builtin_tokens(max(100, cfg.builtin_docs // 10), 1, tok.name)
+    more = "prepare more data" if meta else "raise --builtin_docs"
+    kw = dict(rank=rank, world_size=world_size, more_data=more, meta=meta)
+    B = cfg.batch_size
+    loader = PretrainLoader(train_src, B, T, cfg.pause_frac, tok.pause_id, seed=cfg.seed, **kw)
+    if meta and not meta["val_shards"]:
+        return loader, {}
+    # With pauses, val_loss is the PausePT objective and val_loss_nopause the same text
+    # without pauses.
+    fracs = {"val_loss": cfg.pause_frac}
+    if cfg.pause_frac:
+        fracs["val_loss_nopause"] = 0.0
+    val_loaders = {k: PretrainLoader(val_src, B, T, frac, tok.pause_id, split="val", **kw)
+                   for k, frac in fracs.items()}
+    # An evaluation reads the split's first eval_iters batches, each window once.
+    batches = val_loaders["val_loss"].num_windows // (B * world_size)
+    require(cfg.eval_iters <= batches,
+            f"--eval_iters {cfg.eval_iters}: the validation split holds {batches} batches "
+            f"of {B} x {world_size} ranks; give at most {batches}, or {more}")
+    return loader, val_loaders
+
+
+def checked_model_config(cfg, vocab_size, ckpt):
+    """The model's shape: a preset with the flags' overrides; or GPT-2's or the
+    checkpoint's, which the flags may repeat but not change (--block_size may
+    cut the context)."""
+    names = ("block_size", "n_layer", "n_head", "n_embd")
+    flags = {k: getattr(cfg, k) for k in names if getattr(cfg, k)}
     if ckpt is None and not cfg.init_from:
         return config_from_preset(cfg.preset, vocab_size, dropout=cfg.dropout, **flags)
-    if ckpt is not None:
-        source, shape = f"--resume: {cfg.out_dir}/ckpt.pt", ckpt["model_config"]
-    else:
-        source, shape = f"--init_from {cfg.init_from}", gpt2.hf_config(cfg.init_from)
-    model_config = GPTConfig(**{**shape, "vocab_size": vocab_size, "dropout": cfg.dropout})
-    # --preset counts only when given: its default is no request
-    asked = {**(PRESETS[cfg.preset] if cfg.preset != type(cfg).preset else {}), **flags}
+    shape = ckpt["model_config"] if ckpt else gpt2.hf_config(cfg.init_from)
+    source = f"--resume: {cfg.out_dir}/ckpt.pt" if ckpt else f"--init_from {cfg.init_from}"
+    config = GPTConfig(**{**shape, "vocab_size": vocab_size, "dropout": cfg.dropout})
+    asked = dict(flags)
+    if cfg.preset != TrainConfig.preset:  # the default preset is no request
+        asked = {**PRESETS[cfg.preset], **flags}
     for k, v in asked.items():
-        have = getattr(model_config, k)
-        if v > have or (v < have and k != "block_size"):
-            flag = f"--{k}" if k in flags else f"--preset {cfg.preset}"
-            raise UserError(f"{source} has {k}={have} but this run has {k}={v} ({flag}); the "
-                             "weights fix the model's shape: leave the flag out")
-    return model_config
+        have = getattr(config, k)
+        flag = f"--{k}" if k in flags else f"--preset {cfg.preset}"
+        require(v == have or (v < have and k == "block_size"),
+                f"{source} has {k}={have} but this run has {k}={v} ({flag}); the "
+                "weights fix the model's shape: leave the flag out")
+    return config
 
 
-def check_resume(ckpt, path, cfg, tok_name, world_size, master):
-    """Refuse a checkpoint of another tokenizer or pause_frac, naming the field; a change of the
-    batch or world size is allowed, with a note."""
-    for key, saved, value in (("tokenizer", ckpt["tokenizer"], tok_name),
-                              ("pause_frac", ckpt["pause_frac"], cfg.pause_frac)):
-        if saved != value:
-            raise UserError(f"--resume: {path} was made with {key}={saved}, this run has "
-                             f"{key}={value}; use the same data and flags, or another --out_dir")
-    then = ckpt["config"]["batch_size"], ckpt.get("world_size", world_size)
-    if then != (cfg.batch_size, world_size) and master:
-        print(f"note: resuming with batch_size {cfg.batch_size} x {world_size} processes; the "
-              f"checkpoint was written with {then[0]} x {then[1]}. The data continues where it "
-              "stopped, but the steps are no longer those of one uninterrupted run.")
+def grad_accum_of(cfg, T, world_size):
+    """(tokens a step, micro-steps a step): batch x T x world x grad_accum."""
+    micro = cfg.batch_size * T * world_size
+    total = cfg.total_batch_tokens or micro
+    q = total // micro
+    require(total % micro == 0,
+            f"--total_batch_tokens {total} is not a multiple of batch_size x block_size x "
+            f"world_size = {micro}; the nearest valid values are {max(1, q) * micro} "
+            f"and {(q + 1) * micro}")
+    return total, total // micro
 
 
-# -----------------------------------------------------------------------------------------------
+# Settings a resumed run may change, with a note: the steps then differ.
+CHANGEABLE = ("batch_size", "total_batch_tokens", "max_steps", "max_tokens", "lr",
+              "min_lr", "warmup_steps", "weight_decay", "beta2", "grad_clip")
 
-def check(cfg):
-    """Every flag, checked before any work; an error names the flag and what it accepts."""
-    resolve_dtype(cfg.dtype, resolve_device(cfg.device))  # e.g. --device cuda on a CPU machine
-    if cfg.preset not in PRESETS:
-        raise UserError(f"--preset must be one of {', '.join(sorted(PRESETS))}, got "
-                         f"{cfg.preset!r}")
-    # A zero among the first would divide by zero or train nothing; a negative --grad_clip would
-    # turn every gradient around, so that the run climbs the loss.
-    check_ranges(cfg, {">= 1": "batch_size max_steps builtin_docs log_interval eval_iters",
-                       ">= 0": "block_size n_layer n_head n_embd total_batch_tokens max_tokens "
-                               "stop_after min_lr warmup_steps weight_decay grad_clip peak_flops "
-                               "seed eval_interval",
-                       "in [0, 1)": "pause_frac dropout beta2", "> 0": "lr"})
-    n_head = cfg.n_head or PRESETS[cfg.preset]["n_head"]
-    n_embd = cfg.n_embd or PRESETS[cfg.preset]["n_embd"]
-    if not cfg.init_from and n_embd % n_head:
-        raise UserError(f"--n_head {n_head} does not divide --n_embd {n_embd}: each head takes "
-                         "n_embd / n_head of the width")
-    if cfg.resume and cfg.init_from:
-        raise UserError("--resume continues out_dir/ckpt.pt with its own weights; leave out "
-                         "--init_from")
-    check_out_dir(cfg.out_dir, cfg.resume, cfg.overwrite)
 
+def check_resume(ckpt, cfg, tok, world_size, master):
+    """Refuse a checkpoint of another tokenizer or pause_frac; note what
+    settings changed."""
+    path = os.path.join(cfg.out_dir, "ckpt.pt")
+    for key, now in (("tokenizer", tok.name), ("pause_frac", cfg.pause_frac)):
+        require(ckpt[key] == now,
+                f"--resume: {path} was made with {key}={ckpt[key]}, this run has "
+                f"{key}={now}; use the same data and flags, or another --out_dir")
+    then = {**ckpt["config"], "world_size": ckpt.get("world_size", world_size)}
+    now = {**asdict(cfg), "world_size": world_size}
+    changed = [f"{k} {now[k]} (was {then[k]})"
+               for k in (*CHANGEABLE, "world_size") if then.get(k, now[k]) != now[k]]
+    if changed and master:
+        print(f"note: resuming with {', '.join(changed)}. The data continues "
+              "where it stopped, but the steps are no longer those of one "
+              "uninterrupted run.")
+
+
+def restore(ckpt, model, optimizer, loader, device, master):
+    """Put a checkpoint's state into this run; returns its step and token counts."""
+    model.load_state_dict(ckpt["model"])
+    # Adam's moments from the checkpoint, its settings from the flags.
+    ours = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    optimizer.load_state_dict(ckpt["optimizer"])
+    for group, settings in zip(optimizer.param_groups, ours):
+        group.update(settings)
+    loader.load_state_dict(ckpt["loader"])  # refuses other data or windows
+    if master:
+        # Other ranks keep their own seeds: their random numbers only drive dropout.
+        torch.set_rng_state(ckpt["rng"]["torch"].cpu())
+        cuda = ckpt["rng"].get("cuda")
+        if cuda is not None and torch.device(device).type == "cuda":
+            torch.cuda.set_rng_state(cuda.cpu(), device)
+    return ckpt["step"], ckpt["tokens_seen"], ckpt["real_tokens_seen"]
+
+
+def make_model(cfg, model_config, tok, device, rank):
+    """Random weights from the seed, or GPT-2's."""
+    torch.manual_seed(cfg.seed + rank)
+    if not cfg.init_from:
+        return GPT(model_config).to(device)
+    model = gpt2.from_pretrained(cfg.init_from, tok.vocab_size, dropout=cfg.dropout)
+    assert model.config == model_config  # the shape the flags were checked against
+    return model.to(device)
+
+
+def ready_run_dir(cfg, step):
+    """Delete what a killed write left; on --resume the log's rows after step,
+    else the earlier run's files (check_run_dir allowed that only with
+    --overwrite)."""
+    remove_interrupted_writes(cfg.out_dir, ["ckpt.pt", "metrics.jsonl"])
+    if cfg.resume:
+        cut_log_after(os.path.join(cfg.out_dir, "metrics.jsonl"), step)
+    else:
+        clear_earlier_run(cfg.out_dir)
+
+
+def nan_culprit(cfg):
+    """The flag a diverged run most likely owes its NaN to, and what to do."""
+    # AdamW scales the weights by 1 - lr x weight_decay a step.
+    if cfg.weight_decay > 1 and cfg.lr * cfg.weight_decay >= 1:
+        return (f"The cause is --weight_decay {cfg.weight_decay}: with --lr "
+                f"{cfg.lr} it flips the weights' sign each step; the usual values "
+                "are 0 to 0.1")
+    return (f"The usual cause is a learning rate too high for this model "
+            f"(--lr {cfg.lr}): try a smaller one, or a longer --warmup_steps")
+
+
+# -----------------------------------------------------------------------------
 
 @torch.no_grad()
 def evaluate(model, val_loaders, eval_iters, autocast, world_size):
-    """Mean loss of the first eval_iters validation batches, averaged over ranks: the same
-    batches every time, so that values compare across steps."""
+    """Mean loss of the first eval_iters validation batches, averaged over
+    ranks: the same batches every time, so that values compare across steps."""
     model.eval()
     out = {}
     for key, loader in val_loaders.items():
@@ -205,19 +321,19 @@ def evaluate(model, val_loaders, eval_iters, autocast, world_size):
 
 
 def next_batch(loader, device):
-    """(loader state before the batch, its pause count, x, y): a checkpoint taken before this
-    batch is used must hold the state that yields it again."""
-    state, before = loader.state_dict(), loader.pause_tokens
+    """(loader state before the batch, its pause count, x, y): a checkpoint
+    taken before this batch is used must hold the state that yields it again."""
+    state = loader.state_dict()
+    before = loader.pause_tokens
     x, y = loader.next_batch()
     return state, loader.pause_tokens - before, *to_device(x, y, device)
 
 
-# -----------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 
 def train(cfg: TrainConfig) -> str:
-    """Pretrain as cfg says; returns the path of out_dir/ckpt.pt. Callable in-process (DDP only
-    when launched by torchrun)."""
-    check(cfg)
+    """Pretrain as cfg says (checked by cfg.check()); returns the checkpoint's path.
+    Callable in-process; DDP when launched by torchrun."""
     rank, local_rank, world_size, device = setup_ddp(cfg.device)
     master = rank == 0
     device_type = torch.device(device).type
@@ -225,205 +341,173 @@ def train(cfg: TrainConfig) -> str:
     if device_type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
-    metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
-
-    # ---- data, read now: a split too small for one global batch stops the run before step 1.
-    # The tokenizer is the data's; the built-in world takes that of the checkpoint on --resume,
-    # else GPT-2's with --init_from (the weights know no other), else bytes.
-    ckpt = read_checkpoint(ckpt_path, device, "pretraining") if cfg.resume else None
-    tok_name = ckpt["tokenizer"] if ckpt else "gpt2" if cfg.init_from else "byte"
-    meta = None
-    if cfg.data:
-        meta = data_meta(cfg.data)  # checks every shard it lists, and their vocabulary
-        tok_name = meta["tokenizer"]
-        if cfg.init_from and tok_name != "gpt2":
-            raise UserError(f"--init_from {cfg.init_from} needs data tokenized for GPT-2, but "
-                             f"{cfg.data} holds {tok_name} tokens; prepare it with --tokenizer "
-                             "gpt2")
-        train_src = val_src = cfg.data
-        if not meta["val_shards"]:
-            val_src = None
-            if master:
-                print(f"note: {cfg.data} has no validation split; no val_loss will be logged")
-    else:  # the built-in world: made in memory in about a second, train and val from other seeds
-        train_src = builtin_tokens(cfg.builtin_docs, seed=0, tokenizer_name=tok_name)
-        val_src = builtin_tokens(max(100, cfg.builtin_docs // 10), seed=1, tokenizer_name=tok_name)
-    tok = get_tokenizer(tok_name)
-    if cfg.init_from in gpt2.NAMES and world_size > 1:
-        if local_rank == 0:  # one download per machine; the other processes read its files
-            gpt2.download(cfg.init_from)
-        dist.barrier()
-    if cfg.resume:
-        check_resume(ckpt, ckpt_path, cfg, tok.name, world_size, master)
-    model_config = model_config_of(cfg, tok.vocab_size, ckpt)
-    # The context T of the training windows: the model's, unless cut by --block_size.
-    T = cfg.block_size or (ckpt["loader"]["block_size"] if ckpt else model_config.block_size)
-    B = cfg.batch_size
-    more_data = "prepare more data" if cfg.data else "raise --builtin_docs"  # if a split is short
-    loader = PretrainLoader(train_src, B, T, cfg.pause_frac, tok.pause_id, rank, world_size,
-                            cfg.seed, more_data=more_data, meta=meta)
-    # Validation always reads from the start of its split; with pauses, val_loss is the PausePT
-    # objective and val_loss_nopause the same text without pauses.
-    evals = [("val_loss", cfg.pause_frac)] + ([("val_loss_nopause", 0.0)] if cfg.pause_frac else [])
-    val_loaders = {key: PretrainLoader(val_src, B, T, frac, tok.pause_id, rank, world_size, seed=0,
-                                       split="val", more_data=more_data, meta=meta)
-                   for key, frac in evals if val_src is not None}
-
-    # ---- batch arithmetic: total_batch_tokens = batch_size x block_size x world_size x grad_accum
-    micro_tokens = B * T * world_size
-    total = cfg.total_batch_tokens or micro_tokens
-    if total % micro_tokens:
-        q = total // micro_tokens
-        raise UserError(f"--total_batch_tokens {total} is not a multiple of batch_size x "
-                         f"block_size x world_size = {B} x {T} x {world_size} = {micro_tokens}; "
-                         f"the nearest valid values are {max(1, q) * micro_tokens} and "
-                         f"{(q + 1) * micro_tokens}")
-    grad_accum = total // micro_tokens
-    max_steps = math.ceil(cfg.max_tokens / total) if cfg.max_tokens else cfg.max_steps
-
-    # ---- the model: random weights from the seed, or GPT-2's; then a checkpoint's on --resume
-    torch.manual_seed(cfg.seed + rank)
-    model = (gpt2.from_pretrained(cfg.init_from, tok.vocab_size, dropout=cfg.dropout)
-             if cfg.init_from else GPT(model_config)).to(device)
-    assert model.config == model_config  # the shape model_config_of checked the flags against
-    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr, (0.9, cfg.beta2), device_type)
-    step, tokens_seen, real_tokens_seen = 0, 0, 0
-    if cfg.resume:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        loader.load_state_dict(ckpt["loader"])
-        step, tokens_seen = ckpt["step"], ckpt["tokens_seen"]
-        real_tokens_seen = ckpt["real_tokens_seen"]
-        if master:
-            # Other ranks keep their own seeds: their random numbers only drive dropout.
-            torch.set_rng_state(ckpt["rng"]["torch"].cpu())
-            if device_type == "cuda" and ckpt["rng"].get("cuda") is not None:
-                torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu(), device)
+    log_path = os.path.join(cfg.out_dir, "metrics.jsonl")
+    # One run owns out_dir while it lives: a second one started there is refused.
+    with own_run_dir(cfg.out_dir) if master else nullcontext():
+        if master:  # again, now that it is ours: another run may have ended here
+            check_run_dir(cfg)
+        # ---- what the run starts from, checked before any work
+        ckpt = None
+        if cfg.resume:
+            ckpt = read_checkpoint(ckpt_path, device, "pretraining")
+        meta = read_checked_meta(cfg.data) if cfg.data else None
+        tok = tokenizer_for(cfg, meta, ckpt)
+        if cfg.init_from in gpt2.NAMES and world_size > 1:
+            if local_rank == 0:  # one download a machine; the others read its files
+                gpt2.download(cfg.init_from)
+            dist.barrier()
+        model_config = checked_model_config(cfg, tok.vocab_size, ckpt)
+        # The context T of the windows: the model's, unless cut by --block_size (on
+        # --resume: as the checkpoint's run cut it).
+        T = ckpt["loader"]["block_size"] if ckpt else model_config.block_size
+        T = cfg.block_size or T
+        total, grad_accum = grad_accum_of(cfg, T, world_size)
+        max_steps = math.ceil(cfg.max_tokens / total) if cfg.max_tokens else cfg.max_steps
+        loader, val_loaders = make_loaders(cfg, tok, T, rank, world_size, meta)
+        if ckpt:
+            check_resume(ckpt, cfg, tok, world_size, master)
+        # ---- the model and AdamW; on --resume, the checkpoint's state
+        model = make_model(cfg, model_config, tok, device, rank)
+        betas = (0.9, cfg.beta2)
+        optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr, betas, device_type)
+        step, tokens_seen, real_tokens_seen = 0, 0, 0  # the run's counters
+        if ckpt:
+            counters = restore(ckpt, model, optimizer, loader, device, master)
+            step, tokens_seen, real_tokens_seen = counters
         del ckpt
-    if master:  # check() allowed a new run here only with --overwrite or without a checkpoint
-        start_run_dir(cfg.out_dir, step if cfg.resume else None)
-    raw_model = model
-    if cfg.compile:
-        model = torch.compile(model)
-    if world_size > 1:
-        model = DDP(model, device_ids=[torch.device(device).index] if device_type == "cuda"
-                    else None)
-    peak = cfg.peak_flops or peak_flops_of(device)
+        if master:
+            ready_run_dir(cfg, step)
+            if meta and not val_loaders:
+                print(f"note: {cfg.data} has no validation split: no val_loss")
+            millions = model.num_params() / 1e6
+            shape = f"{model_config.n_layer}x{model_config.n_embd}, context {T}"
+            print(f"model {cfg.init_from or cfg.preset}, {millions:.2f}M params ({shape})")
+            print(f"tokenizer {tok.name}, data {cfg.data or 'built-in world'}, device "
+                  f"{device} {dtype}, world {world_size}")
+            print(f"{max_steps} steps x {total:,} tokens, grad_accum {grad_accum}; "
+                  f"M_pt = {loader.num_pauses} pauses a sequence")
+        raw_model = model
+        if cfg.compile:
+            model = torch.compile(model)
+        if world_size > 1:
+            ids = [torch.device(device).index] if device_type == "cuda" else None
+            model = DDP(model, device_ids=ids)
+        peak = cfg.peak_flops or peak_flops_of(device)
 
-    if master:
-        name = cfg.init_from or cfg.preset
-        print(f"model {name} {raw_model.num_params() / 1e6:.2f}M params ({model_config.n_layer}x"
-              f"{model_config.n_embd}, context {T}), tokenizer {tok.name}, data "
-              f"{cfg.data or 'built-in world'}, device {device} {dtype}, world {world_size}")
-        print(f"{max_steps} steps x {total:,} tokens = {max_steps * total / 1e6:,.1f}M tokens "
-              f"(pauses included); grad_accum {grad_accum}; pause_frac {cfg.pause_frac} -> "
-              f"M_pt = {loader.num_pauses} pauses per sequence")
-    # ---- the training loop. --stop_after ends this job early (a cluster's time limit), while the
-    # schedule keeps its full length, so that a --resume continues it as if never stopped.
-    end = min(max_steps, step + cfg.stop_after) if cfg.stop_after else max_steps
-    bar = tqdm(total=max_steps, initial=step, disable=not master, dynamic_ncols=True, desc="train")
-    loader_state, n_pause, x, y = next_batch(loader, device)
-    step_loss = torch.zeros((), device=device)
-    pauses_since_log, t0, steps_since_log = 0, time.time(), 0
-    model.train()
-    while step < end:
-        lr = lr_at(step, max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        for micro in range(grad_accum):
-            # DDP all-reduces gradients in backward(); on inner micro-steps that would be wasted
-            # work, so gradients are synchronized only on the last one.
-            sync = micro == grad_accum - 1 or world_size == 1
-            with (nullcontext() if sync else model.no_sync()), autocast:
-                _, loss = model(x, y)
-                loss = loss / grad_accum  # the step's gradient is the mean over micro-batches
-            pauses_since_log += n_pause
-            # Fetching the next batch here lets its copy to the GPU overlap this backward pass.
-            loader_state, n_pause, x, y = next_batch(loader, device)
-            loss.backward()
-            step_loss += loss.detach()  # kept on the device: reading it would wait for the GPU
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        steps_since_log += 1
-        tokens_seen += total
-        bar.update(1)
+        # ---- the training loop. --stop_after ends this job early (a cluster's
+        # time limit) while the schedule keeps its length, so that --resume
+        # continues it as if never cut.
+        end = min(max_steps, step + cfg.stop_after) if cfg.stop_after else max_steps
+        bar = tqdm(total=max_steps, initial=step, disable=not master, dynamic_ncols=True,
+                   desc="train")
+        loader_state, n_pause, x, y = next_batch(loader, device)
+        step_loss = torch.zeros((), device=device)
+        pauses_since_log = 0
+        steps_since_log = 0
+        t0 = time.time()
+        model.train()
+        while step < end:
+            lr = lr_at(step, max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            for micro in range(grad_accum):
+                # DDP all-reduces gradients in backward(); on inner micro-steps
+                # that would be wasted work, so only the last one syncs.
+                sync = micro == grad_accum - 1 or world_size == 1
+                with nullcontext() if sync else model.no_sync(), autocast:
+                    _, loss = model(x, y)
+                    loss = loss / grad_accum  # a mean over the micro-batches
+                pauses_since_log += n_pause
+                # Fetching the next batch now: its copy to the GPU overlaps backward.
+                loader_state, n_pause, x, y = next_batch(loader, device)
+                loss.backward()
+                step_loss += loss.detach()  # on the device: .item() would wait
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            steps_since_log += 1
+            tokens_seen += total
+            bar.update(1)
 
-        # Evaluate every eval_interval steps and at the end; a checkpoint follows every evaluation
-        # and ends every run, also one cut short by --stop_after.
-        do_eval = val_loaders and cfg.eval_interval and (step % cfg.eval_interval == 0
-                                                         or step == max_steps)
-        do_ckpt = do_eval or step == end or (cfg.eval_interval and step % cfg.eval_interval == 0)
-        if step % cfg.log_interval == 0 or do_ckpt or step == 1:
-            # The all-reduce is a sync point: done only on logging steps, on every rank alike.
-            stats = torch.tensor([step_loss.item() / steps_since_log, pauses_since_log],
-                                 dtype=torch.float64, device=device)
-            if world_size > 1:
-                dist.all_reduce(stats)
-            loss_avg, pauses = stats[0].item() / world_size, int(stats[1].item())
-            real_tokens_seen += steps_since_log * total - pauses
-            dt = time.time() - t0
-            tok_s = steps_since_log * total / dt
-            mfu = raw_model.estimate_mfu(tok_s / world_size, peak, T) if peak else None
-            row = {"step": step, "loss": round(loss_avg, 6), "lr": lr, "tokens_seen": tokens_seen,
-                   "real_tokens_seen": real_tokens_seen, "tokens_per_s": round(tok_s, 1)}
-            if mfu is not None:
-                row["mfu"] = round(mfu, 4)
-            if do_eval:
-                losses = evaluate(raw_model, val_loaders, cfg.eval_iters, autocast, world_size)
-                row.update({k: round(v, 6) for k, v in losses.items()})
-            # A diverged model is stopped here, before its NaN weights could replace the last
-            # good checkpoint; every rank sees the same all-reduced numbers and stops alike.
-            bad = [f"{k} {v}" for k, v in row.items() if "loss" in k and not math.isfinite(v)]
-            if bad:
-                raise UserError(f"step {step}: {', '.join(bad)}; stopped without saving, so "
-                                 f"{ckpt_path} keeps the last good state, if any. The usual cause "
-                                 f"is a learning rate too high for this model (--lr {cfg.lr}): try "
-                                 "a smaller one, or a longer --warmup_steps")
-            if master:
-                bar.set_postfix(loss=f"{loss_avg:.4f}", tok_s=f"{tok_s:,.0f}",
-                                mfu=f"{100 * mfu:.1f}%" if mfu is not None else "n/a")
-                append_jsonl(row, metrics_path)
+            # Evaluate every eval_interval steps and at the end of the schedule
+            # (only there with --eval_interval 0). A checkpoint follows each
+            # evaluation and ends each run.
+            on_interval = cfg.eval_interval and step % cfg.eval_interval == 0
+            do_eval = bool(val_loaders) and (on_interval or step == max_steps)
+            do_ckpt = on_interval or step == end
+            if step % cfg.log_interval == 0 or do_ckpt or step == 1:
+                # The all-reduce is a sync point: only on logging steps.
+                stats = [step_loss.item() / steps_since_log, pauses_since_log]
+                stats = torch.tensor(stats, dtype=torch.float64, device=device)
+                if world_size > 1:
+                    dist.all_reduce(stats)
+                loss_avg = stats[0].item() / world_size
+                real_tokens_seen += steps_since_log * total - int(stats[1].item())
+                tok_s = steps_since_log * total / (time.time() - t0)
+                row = {"step": step, "loss": round(loss_avg, 6), "lr": lr,
+                       "tokens_seen": tokens_seen, "real_tokens_seen": real_tokens_seen,
+                       "tokens_per_s": round(tok_s, 1)}
+                mfu = raw_model.estimate_mfu(tok_s / world_size, peak, T) if peak else None
+                if mfu is not None:
+                    row["mfu"] = round(mfu, 4)
                 if do_eval:
-                    tqdm.write(f"step {step}: " + ", ".join(
-                        f"{k} {row[k]:.4f}" for k in ("loss", *val_loaders)))
-            step_loss.zero_()
-            pauses_since_log, steps_since_log = 0, 0
-        if do_ckpt and master:
-            # Everything a resumed run needs to continue exactly as this one would have.
-            rng = {"torch": torch.get_rng_state(),
-                   "cuda": torch.cuda.get_rng_state(device) if device_type == "cuda" else None}
-            save_checkpoint({"model": raw_model.state_dict(), "model_config": asdict(model_config),
-                             "optimizer": optimizer.state_dict(), "step": step,
-                             "config": asdict(cfg), "tokenizer": tok.name,
-                             "pause_id": tok.pause_id, "pause_frac": cfg.pause_frac,
-                             "loader": loader_state, "rng": rng, "world_size": world_size,
-                             "tokens_seen": tokens_seen, "real_tokens_seen": real_tokens_seen},
-                            ckpt_path)
-        if steps_since_log == 0:
-            t0 = time.time()  # tokens/s counts training only, not evaluation or checkpoints
-    bar.close()
-    if world_size > 1:
-        dist.barrier()  # every rank returns only once the checkpoint is on disk
+                    losses = evaluate(raw_model, val_loaders, cfg.eval_iters, autocast,
+                                      world_size)
+                    row.update({k: round(v, 6) for k, v in losses.items()})
+                # A diverged model stops here, before its NaN weights could
+                # replace the last good checkpoint; every rank sees the same
+                # all-reduced numbers.
+                bad = [f"{k} {v}" for k, v in row.items()
+                       if "loss" in k and not math.isfinite(v)]
+                if bad:
+                    raise UserError(f"step {step}: {', '.join(bad)}; stopped without saving, "
+                                    f"so {ckpt_path} keeps the last good state, if any. "
+                                    f"{nan_culprit(cfg)}")
+                if master:
+                    shown = f"{100 * mfu:.1f}%" if mfu is not None else "n/a"
+                    bar.set_postfix(loss=f"{loss_avg:.4f}", tok_s=f"{tok_s:,.0f}", mfu=shown)
+                    append_jsonl(row, log_path)
+                    if do_eval:
+                        said = [f"{k} {row[k]:.4f}" for k in ("loss", *val_loaders)]
+                        tqdm.write(f"step {step}: " + ", ".join(said))
+                step_loss.zero_()
+                pauses_since_log = 0
+                steps_since_log = 0
+            if do_ckpt and master:
+                # All a resumed run needs to continue exactly as this one.
+                cuda_rng = torch.cuda.get_rng_state(device) if device_type == "cuda" else None
+                save_checkpoint({
+                    "model": raw_model.state_dict(), "model_config": asdict(model_config),
+                    "optimizer": optimizer.state_dict(), "loader": loader_state,
+                    "rng": {"torch": torch.get_rng_state(), "cuda": cuda_rng},
+                    "step": step, "tokens_seen": tokens_seen,
+                    "real_tokens_seen": real_tokens_seen, "world_size": world_size,
+                    "config": asdict(cfg), "pause_frac": cfg.pause_frac,
+                    "tokenizer": tok.name, "pause_id": tok.pause_id}, ckpt_path)
+            if steps_since_log == 0:
+                t0 = time.time()  # tokens/s counts training only
+        bar.close()
+        if world_size > 1:
+            dist.barrier()  # every rank returns only once the checkpoint is on disk
     if master:
-        print(f"{'stopped' if step < max_steps else 'finished'} at step {step}/{max_steps}; "
-              f"checkpoint {ckpt_path}")
+        done = "finished" if step == max_steps else "stopped"
+        print(f"{done} at step {step}/{max_steps}; checkpoint {ckpt_path}")
         print(f"try it: python sample.py --ckpt {ckpt_path}")
     return ckpt_path
 
 
 def parse_args(argv=None):
-    parser = config_parser(TrainConfig, __doc__, choices={"preset": sorted(PRESETS),
-                                                          "dtype": ["auto", "float32", "bfloat16"]})
-    return TrainConfig(**vars(parser.parse_args(argv)))
+    choices = {"preset": sorted(PRESETS), "dtype": ["auto", "float32", "bfloat16"]}
+    return parse_config(TrainConfig, __doc__, argv, choices)
 
 
 def main(argv=None):
+    cfg = parse_args(argv)
     try:
-        train(parse_args(argv))
-    except UserError as e:  # a flag or file refused: one line that names it, no traceback
+        train(cfg)
+    except UserError as e:  # one line that names the flag or file, no traceback
         raise SystemExit(f"train.py: error: {e}")
     finally:
         cleanup_ddp()

@@ -5,16 +5,17 @@ import json
 import math
 import os
 import stat
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import pytest
 import torch
 
 from tools.checkpoint import checkpoint_kind, read_checkpoint, save_checkpoint
-from tools.common import (append_jsonl, atomic_write, config_parser, read_jsonl, resolve_device,
-                          resolve_dtype, write_json)
-from train import check_out_dir, start_run_dir
-from tools.common import UserError
+from tools.common import (UserError, append_jsonl, atomic_write, config_parser, own_run_dir,
+                          read_jsonl, remove_interrupted_writes, require_writable_dir,
+                          resolve_device, resolve_dtype, write_json)
 
 
 @dataclass
@@ -116,33 +117,6 @@ def test_read_jsonl_drops_a_half_last_line_and_names_a_bad_one(tmp_path, capsys)
         read_jsonl(path)
 
 
-def test_start_run_dir(tmp_path, capsys):
-    out = tmp_path / "o"
-    out.mkdir()
-    (out / "metrics.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in (1, 2, 3)))
-    (out / ".ckpt.pt.x1y2.tmp").write_bytes(b"a checkpoint cut short by a kill")
-    start_run_dir(str(out), resume_step=2)  # resuming from a checkpoint of step 2
-    assert read_jsonl(out / "metrics.jsonl") == [{"step": 1}, {"step": 2}]
-    assert sorted(os.listdir(out)) == ["metrics.jsonl"]
-    assert "left by a write that was interrupted" in capsys.readouterr().out
-    start_run_dir(str(out))  # a new run
-    assert os.listdir(out) == []
-
-
-def test_check_out_dir(tmp_path):
-    (tmp_path / "file").write_text("")
-    with pytest.raises(UserError, match="is a file, not a directory"):
-        check_out_dir(str(tmp_path / "file"), False, False)
-    with pytest.raises(UserError, match="--resume: no checkpoint at"):
-        check_out_dir(str(tmp_path / "new"), True, False)
-    check_out_dir(str(tmp_path / "new"), False, False)
-    (tmp_path / "ckpt.pt").write_bytes(b"")
-    with pytest.raises(UserError, match="ckpt.pt exists: give --resume .* --overwrite"):
-        check_out_dir(str(tmp_path), False, False)
-    check_out_dir(str(tmp_path), True, False)
-    check_out_dir(str(tmp_path), False, True)
-
-
 def test_checkpoints_are_told_apart(tmp_path):
     base = {"model": {}, "model_config": {}, "tokenizer": "byte"}
     pretraining = {**base, "optimizer": {}, "loader": {}, "step": 3}
@@ -173,3 +147,89 @@ def test_device_and_dtype_are_checked():
     assert resolve_dtype("auto", "cpu")[0] == "float32"
     with pytest.raises(UserError, match="--dtype must be auto, float32 or bfloat16"):
         resolve_dtype("float16", "cpu")
+
+
+def test_a_full_disk_inside_torch_save_is_named(tmp_path):
+    # What torch.save's zip writer raises when the disk fills (seen on a 1 MB tmpfs): no file
+    # named, no cause given.
+    path = tmp_path / "ckpt.pt"
+    path.write_bytes(b"the last good one")
+
+    def full_disk(f):
+        f.write(b"part of a checkpoint")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+    with pytest.raises(UserError, match="cannot write .*ckpt.pt: no space left on the disk"):
+        atomic_write(path, full_disk)
+    assert path.read_bytes() == b"the last good one" and os.listdir(tmp_path) == ["ckpt.pt"]
+    with pytest.raises(UserError, match="ckpt.pt: no space left"):
+        atomic_write(path, raising(RuntimeError("PytorchStreamWriter failed writing file "
+                                                "data/0: file write failed")))
+    # Any other error of the writer is left as it is: it is not a full disk.
+    with pytest.raises(RuntimeError, match="a bug"):
+        atomic_write(path, raising(RuntimeError("a bug")))
+    assert path.read_bytes() == b"the last good one" and os.listdir(tmp_path) == ["ckpt.pt"]
+
+
+def raising(error):
+    def write(f):
+        raise error
+    return write
+
+
+def test_remove_interrupted_writes(tmp_path, capsys):
+    (tmp_path / ".ckpt.pt.x1y2.tmp").write_bytes(b"a checkpoint cut short by a kill")
+    (tmp_path / ".metrics.jsonl.ab12.tmp").write_text("")
+    (tmp_path / ".other.ab12.tmp").write_text("not ours")
+    (tmp_path / "ckpt.pt").write_bytes(b"")
+    remove_interrupted_writes(tmp_path, ["ckpt.pt", "metrics.jsonl"])
+    assert sorted(os.listdir(tmp_path)) == [".other.ab12.tmp", "ckpt.pt"]
+    assert capsys.readouterr().out.count("left by a write that was interrupted") == 2
+
+
+def test_require_writable_dir(tmp_path):
+    require_writable_dir(str(tmp_path), "--out_dir")  # exists
+    require_writable_dir(str(tmp_path / "a" / "b"), "--out_dir")  # can be made
+    assert os.listdir(tmp_path) == []  # and the check made nothing
+    (tmp_path / "file").write_text("")
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
+    cases = {"": "--out_dir is empty", "file": "file is a file, not a directory",
+             "file/sub": "file is a file, not a directory",
+             "link": "link is a symlink to .*gone, which does not exist",
+             "link/sub": "link is a symlink"}
+    for path, message in cases.items():
+        with pytest.raises(UserError, match=message):
+            require_writable_dir(str(tmp_path / path) if path else "", "--out_dir")
+
+
+HOLD = """
+import sys, time
+from tools.common import own_run_dir
+with own_run_dir(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_run_dir_has_one_owner(tmp_path, capsys):
+    out = tmp_path / "o"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE,
+                              text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(UserError, match=f"--out_dir .*o is in use by process {holder.pid}"):
+            with own_run_dir(str(out)):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder was killed: its lock is stale, and the next run takes it over, with a note.
+    with own_run_dir(str(out)):
+        assert json.loads((out / ".lock").read_text())["pid"] == os.getpid()
+        (out / "result").write_text("")
+    assert "taken over" in capsys.readouterr().out
+    assert os.listdir(out) == ["result"]  # the lock is released on exit
+    # A directory that own_run_dir made, and that the run left empty, is removed again.
+    with pytest.raises(ValueError):
+        with own_run_dir(str(tmp_path / "refused")):
+            raise ValueError("refused before any output")
+    assert not (tmp_path / "refused").exists()

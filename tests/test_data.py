@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import pause
-from data import PretrainLoader, builtin_tokens, data_meta, get_tokenizer, load_shard, write_shard
+from data import (PretrainLoader, builtin_tokens, get_tokenizer, load_shard, read_checked_meta,
+                  write_shard)
 from pause import pause_pretrain_batch
 from tools.prepare import prepare
 from tools.common import UserError
@@ -64,36 +65,59 @@ def _prepared(tmp_path, tokenizer="byte", val_every=4):
     return tmp_path / "d"
 
 
-def test_data_meta_checks_the_shards_against_meta_json(tmp_path):
+def test_read_checked_meta_checks_the_shards_against_meta_json(tmp_path):
     d = _prepared(tmp_path)
     meta = json.loads((d / "meta.json").read_text())
-    assert data_meta(d) == meta and meta["val_shards"]
+    assert read_checked_meta(d) == meta and meta["val_shards"]
     # The shards' vocabulary against the tokenizer meta.json names: refused, naming the shard,
-    # by data_meta and by a loader of the directory, instead of training on another's ids.
+    # by read_checked_meta and by a loader of the directory, instead of training on another's ids.
     (d / "meta.json").write_text(json.dumps(dict(meta, tokenizer="gpt2")))
-    for check in (lambda: data_meta(d), lambda: PretrainLoader(str(d), 2, 8)):
+    for check in (lambda: read_checked_meta(d), lambda: PretrainLoader(str(d), 2, 8)):
         with pytest.raises(UserError, match=r"train_000000.bin: .*vocabulary of 258 ids.*50258"):
             check()
     (d / "meta.json").write_text(json.dumps(meta))
     write_shard(d / "val_000000.bin", load_shard(d / "val_000000.bin"), 50258)
     with pytest.raises(UserError, match="val_000000.bin: .*50258 ids.*has 258"):
-        data_meta(d)
+        read_checked_meta(d)
     (d / "val_000000.bin").unlink()  # listed in meta.json, gone from the disk
     with pytest.raises(UserError, match="val_000000.bin is missing"):
-        data_meta(d)
+        read_checked_meta(d)
     write_shard(d / "val_000000.bin", [1, 2, 3], 258)
     with pytest.raises(UserError, match=r"val_000000.bin holds 3 tokens where .*json says [\d,]+"):
-        data_meta(d)
+        read_checked_meta(d)
     write_shard(d / "val_000000.bin", [1] * meta["val_shards"][0], 258)
     write_shard(d / "train_000007.bin", [1, 2, 3], 258)
     with pytest.raises(UserError, match="train_000007.bin is not listed in .*meta.json"):
-        data_meta(d)
+        read_checked_meta(d)
     (d / "train_000007.bin").unlink()
-    data_meta(d)
-    for text in ('{"tokenizer": "byte", ', "[]", '{"tokenizer": "llama"}', '{"tokenizer": "byte"}'):
-        (d / "meta.json").write_text(text)
+    read_checked_meta(d)
+    for text in ('{"tokenizer": "byte", ', "[]", '{"tokenizer": "llama"}', '{"tokenizer": "byte"}',
+                 "\xff\xfe", "null"):
+        (d / "meta.json").write_text(text, encoding="latin-1")
         with pytest.raises(UserError, match="meta.json is not a meta.json written by prepare"):
-            data_meta(d)
+            read_checked_meta(d)
+
+
+def test_a_damaged_meta_json_is_named(tmp_path):
+    d = _prepared(tmp_path)
+    meta = json.loads((d / "meta.json").read_text())
+    # Wrong types in each field, which once surfaced as a TypeError or as a misleading shard
+    # name: each is named by the file and the field.
+    damaged = {"tokenizer": [5, ["byte"], None],
+               "train_shards": ["abc", [1.5], [-1], {"0": 1}, []],
+               "val_shards": [5, "12", [None], True]}
+    for key, values in damaged.items():
+        for value in values:
+            (d / "meta.json").write_text(json.dumps({**meta, key: value}))
+            with pytest.raises(UserError, match=f"meta.json is not a meta.json .*its {key} is"):
+                read_checked_meta(d)
+    (d / "meta.json").write_text(json.dumps(meta))
+    read_checked_meta(d)
+    # A shard path that is a directory: named, not an IsADirectoryError.
+    (d / "val_000000.bin").unlink()
+    (d / "val_000000.bin").mkdir()
+    with pytest.raises(UserError, match="val_000000.bin: not a file"):
+        read_checked_meta(d)
 
 
 def _windows(loader, n):

@@ -158,6 +158,28 @@ def test_full_disk_during_a_checkpoint_keeps_the_last_one(tmp_path, reference, m
     assert_same_run(out, reference)
 
 
+def test_full_disk_inside_torch_save_is_named_and_resumes(tmp_path, reference, monkeypatch):
+    # torch.save's zip writer meets a full disk with this RuntimeError, naming no file.
+    out = tmp_path / "o"
+    real_save, saves = torch.save, []
+
+    def full_disk(obj, f):
+        saves.append(obj)
+        if len(saves) == 2:
+            f.write(b"\0" * 4096)
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos "
+                               "4160 vs 4096")
+        real_save(obj, f)
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(UserError, match=r"cannot write .*ckpt.pt: no space left on the disk"):
+        train(TrainConfig(**RUN, out_dir=str(out)))
+    monkeypatch.undo()
+    assert torch.load(out / "ckpt.pt", weights_only=True)["step"] == 3
+    assert sorted(os.listdir(out)) == ["ckpt.pt", "metrics.jsonl"]  # no temporary file, no lock
+    finish(out)
+    assert_same_run(out, reference)
+
+
 def test_full_disk_during_a_log_line_leaves_whole_lines(tmp_path, reference, monkeypatch):
     out = tmp_path / "o"
     real_open, written = open, []

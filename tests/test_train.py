@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import fields
 
 import pytest
@@ -13,10 +14,11 @@ import torch.nn.functional as F
 
 import pause
 from tools.checkpoint import load_checkpoint
-from tools.common import field_comments, lr_at
+from tools.common import field_comments, lr_at, read_jsonl
 from data import PretrainLoader, builtin_tokens, get_tokenizer, write_shard
 from tools.prepare import prepare
-from train import TrainConfig, parse_args, train
+from train import (TrainConfig, check_run_dir, clear_earlier_run, cut_log_after, main,
+                   parse_args, train)
 from tools.common import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,6 +31,13 @@ FLAGS = ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "3
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+def run(**flags):
+    """What `python train.py` does with these flags: the checks at the door, then training."""
+    cfg = TrainConfig(**flags)
+    cfg.check()
+    return train(cfg)
 
 
 def metrics(out_dir):
@@ -51,8 +60,8 @@ def test_lr_schedule():
 
 
 def test_tiny_run_loss_falls_and_checkpoint_loads(tmp_path):
-    path = train(TrainConfig(**SMALL, max_steps=40, eval_interval=40, log_interval=5,
-                             out_dir=str(tmp_path)))
+    path = run(**SMALL, max_steps=40, eval_interval=40, log_interval=5,
+                             out_dir=str(tmp_path))
     rows = metrics(tmp_path)
     assert [r["step"] for r in rows] == [1, 5, 10, 15, 20, 25, 30, 35, 40]
     assert rows[-1]["loss"] < 0.7 * rows[0]["loss"] and rows[-1]["val_loss"] < 0.7 * rows[0]["loss"]
@@ -64,8 +73,8 @@ def test_tiny_run_loss_falls_and_checkpoint_loads(tmp_path):
 
 
 def test_pause_pretraining_counts_real_tokens(tmp_path):
-    train(TrainConfig(**SMALL, pause_frac=0.1, max_steps=10, eval_interval=10,
-                      out_dir=str(tmp_path)))
+    run(**SMALL, pause_frac=0.1, max_steps=10, eval_interval=10,
+                      out_dir=str(tmp_path))
     last = metrics(tmp_path)[-1]
     M, N = pause.num_pretrain_pauses(0.1, 32), 33
     share = 1 - last["real_tokens_seen"] / last["tokens_seen"]
@@ -76,13 +85,13 @@ def test_pause_pretraining_counts_real_tokens(tmp_path):
 def test_resumed_run_equals_uninterrupted(tmp_path):
     common = dict(SMALL, pause_frac=0.1, max_steps=8, log_interval=1, eval_interval=3)
     full = str(tmp_path / "full")
-    train(TrainConfig(**common, out_dir=full))
+    run(**common, out_dir=full)
     part = str(tmp_path / "part")
-    train(TrainConfig(**common, stop_after=3, out_dir=part))  # a job that hit its time limit
+    run(**common, stop_after=3, out_dir=part)  # a job that hit its time limit
     shutil.copy(os.path.join(part, "ckpt.pt"), tmp_path / "step3.pt")
-    train(TrainConfig(**common, stop_after=2, resume=True, out_dir=part))  # runs to step 5 ...
+    run(**common, stop_after=2, resume=True, out_dir=part)  # runs to step 5 ...
     shutil.copy(tmp_path / "step3.pt", os.path.join(part, "ckpt.pt"))  # ... but died unsaved
-    train(TrainConfig(**common, resume=True, out_dir=part))
+    run(**common, resume=True, out_dir=part)
     a, b = metrics(full), metrics(part)
     assert [r["step"] for r in b] == list(range(1, 9))
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
@@ -122,36 +131,37 @@ def test_prepared_shards_train(tmp_path):
     src.write_text("Think before you speak. 12+34=46\n" * 400)
     val.write_text("Speak after you think. 7+8=15\n" * 100)
     prepare([str(src)], tmp_path / "shards", "byte", val_inputs=[str(val)], workers=1)
-    train(TrainConfig(**SMALL, data=str(tmp_path / "shards"), max_steps=3, eval_interval=3,
-                      out_dir=str(tmp_path / "o")))
+    run(**SMALL, data=str(tmp_path / "shards"), max_steps=3, eval_interval=3,
+                      out_dir=str(tmp_path / "o"))
     assert metrics(tmp_path / "o")[-1]["val_loss"] > 0
 
 
 def test_bad_input_is_named(tmp_path):
     out, new = str(tmp_path / "o"), str(tmp_path / "new")
     with pytest.raises(UserError, match="no checkpoint at .*ckpt.pt"):
-        train(TrainConfig(**SMALL, max_steps=2, resume=True, out_dir=out))
-    train(TrainConfig(**SMALL, max_steps=2, out_dir=out))
+        run(**SMALL, max_steps=2, resume=True, out_dir=out)
+    run(**SMALL, max_steps=2, out_dir=out)
     with pytest.raises(UserError, match="n_embd=32 but this run has n_embd=64"):
-        train(TrainConfig(**dict(SMALL, n_embd=64), max_steps=4, resume=True, out_dir=out))
+        run(**dict(SMALL, n_embd=64), max_steps=4, resume=True, out_dir=out)
     with pytest.raises(UserError, match="pause_frac=0.0, this run has pause_frac=0.1"):
-        train(TrainConfig(**SMALL, pause_frac=0.1, max_steps=4, resume=True, out_dir=out))
+        run(**SMALL, pause_frac=0.1, max_steps=4, resume=True, out_dir=out)
     with pytest.raises(UserError, match="nearest valid values are 256 and 384"):
-        train(TrainConfig(**SMALL, total_batch_tokens=300, out_dir=new))
-    for data in (tmp_path / "missing", tmp_path):
-        with pytest.raises(UserError, match="python prepare.py prepare"):
-            train(TrainConfig(**SMALL, data=str(data), out_dir=new))
+        run(**SMALL, total_batch_tokens=300, out_dir=new)
+    with pytest.raises(UserError, match="--data .*missing is not a directory"):
+        run(**SMALL, data=str(tmp_path / "missing"), out_dir=new)
+    with pytest.raises(UserError, match="holds no prepared data .*python -m tools.prepare"):
+        run(**SMALL, data=str(tmp_path), out_dir=new)
     # A prepared directory with a damaged shard, and a checkpoint with another tokenizer.
     src = tmp_path / "c.txt"
     src.write_text("some text\n" * 500)
     prepare([str(src)], tmp_path / "d", "gpt2", val_every=0, workers=1)
     with pytest.raises(UserError, match="tokenizer=byte, this run has tokenizer=gpt2"):
-        train(TrainConfig(**SMALL, data=str(tmp_path / "d"), resume=True, out_dir=out))
+        run(**SMALL, data=str(tmp_path / "d"), resume=True, out_dir=out)
     write_shard(tmp_path / "d" / "train_000000.bin", [1, 2, 3], 50258)
     with open(tmp_path / "d" / "train_000000.bin", "ab") as f:
         f.write(b"xx")
     with pytest.raises(UserError, match="train_000000.bin: corrupt token shard"):
-        train(TrainConfig(**SMALL, data=str(tmp_path / "d"), out_dir=new))
+        run(**SMALL, data=str(tmp_path / "d"), out_dir=new)
     assert not os.path.exists(new)  # every refusal came before any work
 
 
@@ -179,6 +189,8 @@ def parse_help():
     (dict(stop_after=-1), "--stop_after must be >= 0"),
     (dict(max_tokens=-5), "--max_tokens must be >= 0"),
     (dict(eval_iters=0), "--eval_iters must be >= 1, got 0"),
+    (dict(eval_iters=10 ** 12), "--eval_iters 1000000000000: the validation split holds"),
+    (dict(min_lr=0.01), "--min_lr 0.01 is above --lr 0.003: the decay would climb"),
     (dict(lr=float("nan")), "--lr must be > 0, got nan"),
     (dict(pause_frac=1.0), r"--pause_frac must be in \[0, 1\)"),
     (dict(preset="2b"), "--preset must be one of 130m, 1b, tiny"),
@@ -190,30 +202,30 @@ def parse_help():
 def test_bad_flags_are_refused_before_any_work(tmp_path, flags, message):
     out = tmp_path / "o"
     with pytest.raises(UserError, match=message):
-        train(TrainConfig(**{**SMALL, "max_steps": 2, **flags}, out_dir=str(out)))
+        run(**{**SMALL, "max_steps": 2, **flags}, out_dir=str(out))
     assert not out.exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_on_a_machine_without_it_is_named(tmp_path):
     with pytest.raises(UserError, match="--device cuda: this machine has no CUDA GPU"):
-        train(TrainConfig(**SMALL, device="cuda", out_dir=str(tmp_path / "o")))
+        run(**SMALL, device="cuda", out_dir=str(tmp_path / "o"))
 
 
 def test_out_dir_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "f").write_text("not a directory")
     with pytest.raises(UserError, match="--out_dir .*f is a file, not a directory"):
-        train(TrainConfig(**SMALL, out_dir=str(tmp_path / "f")))
+        run(**SMALL, out_dir=str(tmp_path / "f"))
 
 
 def test_a_new_run_never_overwrites_a_checkpoint(tmp_path, capsys):
     out = str(tmp_path / "o")
-    train(TrainConfig(**SMALL, max_steps=2, out_dir=out))
+    run(**SMALL, max_steps=2, out_dir=out)
     before = (tmp_path / "o" / "ckpt.pt").read_bytes()
     with pytest.raises(UserError, match="ckpt.pt exists: give --resume .* --overwrite"):
-        train(TrainConfig(**SMALL, max_steps=3, out_dir=out))
+        run(**SMALL, max_steps=3, out_dir=out)
     assert (tmp_path / "o" / "ckpt.pt").read_bytes() == before and len(metrics(out)) == 2
-    train(TrainConfig(**SMALL, max_steps=3, overwrite=True, out_dir=out))
+    run(**SMALL, max_steps=3, overwrite=True, out_dir=out)
     assert "removed" in capsys.readouterr().out
     assert [r["step"] for r in metrics(out)] == [1, 3]  # the new run's log only
 
@@ -225,54 +237,121 @@ def test_data_is_checked_before_the_first_step(tmp_path, capsys):
     prepare([str(src)], tmp_path / "small_val", "byte", val_inputs=[str(val)], workers=1)
     out = tmp_path / "o"
     with pytest.raises(UserError, match="val data holds 1 windows"):
-        train(TrainConfig(**SMALL, data=str(tmp_path / "small_val"), eval_interval=1000,
-                          out_dir=str(out)))
+        run(**SMALL, data=str(tmp_path / "small_val"), eval_interval=1000,
+                          out_dir=str(out))
     assert not (out / "metrics.jsonl").exists() and not (out / "ckpt.pt").exists()
     # The built-in corpus grows with a flag, not by preparing data.
     with pytest.raises(UserError, match="train data holds .*; raise --builtin_docs or use"):
-        train(TrainConfig(**{**SMALL, "builtin_docs": 1, "batch_size": 64}, out_dir=str(out)))
+        run(**{**SMALL, "builtin_docs": 1, "batch_size": 64}, out_dir=str(out))
     # A validation shard that meta.json lists but that is gone: named at the start.
     prepare([str(src)], tmp_path / "lost_val", "byte", val_inputs=[str(val)], workers=1)
     (tmp_path / "lost_val" / "val_000000.bin").unlink()
     with pytest.raises(UserError, match="val_000000.bin is missing"):
-        train(TrainConfig(**SMALL, data=str(tmp_path / "lost_val"), out_dir=str(out)))
+        run(**SMALL, data=str(tmp_path / "lost_val"), out_dir=str(out))
     assert not out.exists()
     # Without a validation split: training runs, says so once, and logs no val_loss.
     prepare([str(src)], tmp_path / "no_val", "byte", val_every=0, workers=1)
-    train(TrainConfig(**SMALL, data=str(tmp_path / "no_val"), max_steps=4, eval_interval=2,
-                      out_dir=str(tmp_path / "o2")))
+    run(**SMALL, data=str(tmp_path / "no_val"), max_steps=4, eval_interval=2,
+                      out_dir=str(tmp_path / "o2"))
     assert capsys.readouterr().out.count("has no validation split") == 1
     rows = metrics(tmp_path / "o2")
     assert rows and not any("val_loss" in r for r in rows)
     assert torch.load(tmp_path / "o2" / "ckpt.pt", weights_only=True)["step"] == 4
 
 
-def test_resume_with_another_batch_size_says_so(tmp_path, capsys):
+def test_resume_with_other_settings_says_so_and_uses_them(tmp_path, capsys):
     out = str(tmp_path / "o")
-    train(TrainConfig(**SMALL, max_steps=4, stop_after=2, log_interval=1, out_dir=out))
+    run(**SMALL, max_steps=4, stop_after=2, log_interval=1, out_dir=out)
     capsys.readouterr()
-    train(TrainConfig(**{**SMALL, "batch_size": 2}, max_steps=4, log_interval=1, resume=True,
-                      out_dir=out))
+    run(**{**SMALL, "batch_size": 2, "lr": 2e-3}, max_steps=4, log_interval=1, resume=True,
+        out_dir=out)
     said = capsys.readouterr().out
-    assert "note: resuming with batch_size 2 x 1 processes" in said and "with 4 x 1" in said
-    assert [r["step"] for r in metrics(out)] == [1, 2, 3, 4]
+    assert "note: resuming with batch_size 2 (was 4), lr 0.002 (was 0.003)" in said
+    rows = metrics(out)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    # The new peak rate takes over the schedule: step 3 runs at lr_at(2, ...) of 2e-3.
+    assert rows[2]["lr"] == pytest.approx(lr_at(2, 4, 2e-3, 2, 3e-4))
+    assert rows[2]["tokens_seen"] - rows[1]["tokens_seen"] == 2 * 32
+
+
+def test_resume_with_other_data_or_context_is_one_line(tmp_path, capsys):
+    out = str(tmp_path / "o")
+    main(FLAGS + ["--max_steps", "4", "--stop_after", "2", "--out_dir", out])
+    before = (tmp_path / "o" / "ckpt.pt").read_bytes()
+    for flags, named in ((["--builtin_docs", "300"], "--builtin_docs"),
+                         (["--block_size", "16"], "--block_size")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            main(FLAGS + flags + ["--max_steps", "4", "--resume", "--out_dir", out])
+        assert str(e.value).startswith("train.py: error: ") and named in str(e.value)
+        assert "\n" not in str(e.value) and "Traceback" not in capsys.readouterr().err
+    assert (tmp_path / "o" / "ckpt.pt").read_bytes() == before
+    assert [r["step"] for r in metrics(out)] == [1, 2]
+
+
+def test_eval_interval_0_evaluates_once_at_the_end(tmp_path):
+    # --help: "0 = one at the end", of the schedule: a run cut short by --stop_after saves a
+    # checkpoint without evaluating, and its resumed run evaluates at the end.
+    out = str(tmp_path / "o")
+    run(**SMALL, max_steps=4, stop_after=2, eval_interval=0, log_interval=1, out_dir=out)
+    assert [("val_loss" in r) for r in metrics(out)] == [False, False]
+    run(**SMALL, max_steps=4, eval_interval=0, log_interval=1, resume=True, out_dir=out)
+    assert [("val_loss" in r) for r in metrics(out)] == [False, False, False, True]
+    assert torch.load(tmp_path / "o" / "ckpt.pt", weights_only=True)["step"] == 4
+
+
+def test_a_weight_decay_that_flips_the_weights_is_named(tmp_path):
+    with pytest.raises(UserError, match=r"loss nan.*The cause is --weight_decay 1e\+30"):
+        run(**SMALL, weight_decay=1e30, max_steps=6, log_interval=1, out_dir=str(tmp_path / "o"))
+    assert not (tmp_path / "o" / "ckpt.pt").exists()
+
+
+# A train.py that runs until it is killed, with a line in its log after each step and a
+# checkpoint every second step.
+ENDLESS = ["--max_steps", "100000", "--log_interval", "1", "--eval_interval", "2"]
+
+
+def test_two_runs_in_one_out_dir(tmp_path):
+    out = tmp_path / "o"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    first = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *FLAGS, *ENDLESS,
+                              "--out_dir", str(out)], env=env, cwd=tmp_path,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (out / "ckpt.pt").exists() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert first.poll() is None, "the first run ended early"
+        # A second new run, and a --resume of the running one: both refused, naming the
+        # holder, and neither touches the first run's files.
+        for flags in (["--overwrite"], ["--resume"]):
+            with pytest.raises(SystemExit, match=f"in use by process {first.pid} "):
+                main(FLAGS + ["--max_steps", "4", "--out_dir", str(out), *flags])
+    finally:
+        first.kill()
+        first.wait()
+    steps = [r["step"] for r in metrics(out)]
+    assert steps == list(range(1, len(steps) + 1))  # one run's log, not two interleaved
+    # The killed run left a stale lock, which its --resume takes over.
+    run(**SMALL, max_steps=steps[-1] + 1, resume=True, out_dir=str(out))
+    assert not (out / ".lock").exists()
 
 
 def test_resume_refuses_a_finetuned_or_foreign_checkpoint(tmp_path):
     out = tmp_path / "o"
-    train(TrainConfig(**SMALL, max_steps=2, out_dir=str(out)))
+    run(**SMALL, max_steps=2, out_dir=str(out))
     ckpt = torch.load(out / "ckpt.pt", weights_only=True)
     finetuned = {k: ckpt[k] for k in ("model", "model_config", "tokenizer", "pause_id")}
     torch.save({**finetuned, "finetune_config": {"task": "add"}}, out / "ckpt.pt")
     with pytest.raises(UserError, match="ckpt.pt is a finetuned checkpoint .* but a pretraining"):
-        train(TrainConfig(**SMALL, max_steps=4, resume=True, out_dir=str(out)))
+        run(**SMALL, max_steps=4, resume=True, out_dir=str(out))
     torch.save(ckpt["model"], out / "ckpt.pt")  # a bare state_dict, as other projects save
     with pytest.raises(UserError, match="not a checkpoint of this project: found a dict with "
                                          "the keys blocks.0"):
-        train(TrainConfig(**SMALL, max_steps=4, resume=True, out_dir=str(out)))
+        run(**SMALL, max_steps=4, resume=True, out_dir=str(out))
     (out / "ckpt.pt").write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(UserError, match="not a checkpoint this project can read"):
-        train(TrainConfig(**SMALL, max_steps=4, resume=True, out_dir=str(out)))
+        run(**SMALL, max_steps=4, resume=True, out_dir=str(out))
 
 
 # -----------------------------------------------------------------------------------------------
@@ -314,8 +393,8 @@ GPT2_RUN = dict(batch_size=4, builtin_docs=100, eval_iters=2, lr=3e-3, min_lr=3e
 def test_init_from_a_gpt2_directory_continues_its_weights(tmp_path):
     sd = tiny_hf_dir(tmp_path / "hf")
     out = tmp_path / "o"
-    train(TrainConfig(**GPT2_RUN, init_from=str(tmp_path / "hf"), pause_frac=0.1, max_steps=4,
-                      eval_interval=2, out_dir=str(out)))
+    run(**GPT2_RUN, init_from=str(tmp_path / "hf"), pause_frac=0.1, max_steps=4,
+                      eval_interval=2, out_dir=str(out))
     ckpt = torch.load(out / "ckpt.pt", weights_only=True)
     assert ckpt["tokenizer"] == "gpt2" and ckpt["pause_id"] == 50257
     shape = ("n_layer", "n_embd", "block_size", "bias", "gelu")
@@ -329,7 +408,7 @@ def test_init_from_a_gpt2_directory_continues_its_weights(tmp_path):
     x, y = loader.next_batch()
     assert metrics(out)[0]["loss"] == pytest.approx(gpt2_loss(sd, x, y), abs=1e-5)
     # A run that began from GPT-2 resumes with --resume alone: the shape comes from its checkpoint.
-    train(TrainConfig(**GPT2_RUN, pause_frac=0.1, max_steps=6, resume=True, out_dir=str(out)))
+    run(**GPT2_RUN, pause_frac=0.1, max_steps=6, resume=True, out_dir=str(out))
     assert [r["step"] for r in metrics(out)] == list(range(1, 7))
 
 
@@ -356,19 +435,46 @@ def gpt2_loss(sd, x, y):
 
 def test_init_from_refuses_what_does_not_fit(tmp_path):
     tiny_hf_dir(tmp_path / "hf")
-    run = dict(GPT2_RUN, init_from=str(tmp_path / "hf"), out_dir=str(tmp_path / "o"))
+    flags = dict(GPT2_RUN, init_from=str(tmp_path / "hf"), out_dir=str(tmp_path / "o"))
     with pytest.raises(UserError, match=r"has n_layer=1 but this run has n_layer=3 \(--n_layer"):
-        train(TrainConfig(**{**run, "n_layer": 3}))
+        run(**{**flags, "n_layer": 3})
     with pytest.raises(UserError, match="has n_layer=1 but this run has n_layer=12 "
                                          "\\(--preset 130m\\)"):
-        train(TrainConfig(**{**run, "preset": "130m"}))
+        run(**{**flags, "preset": "130m"})
     with pytest.raises(UserError, match="has block_size=64 but this run has block_size=128"):
-        train(TrainConfig(**{**run, "block_size": 128}))
+        run(**{**flags, "block_size": 128})
     src = tmp_path / "c.txt"
     src.write_text("some text\n" * 500)
     prepare([str(src)], tmp_path / "bytes", "byte", val_every=0, workers=1)
     with pytest.raises(UserError, match="needs data tokenized for GPT-2, but .* holds byte"):
-        train(TrainConfig(**{**run, "data": str(tmp_path / "bytes")}))
+        run(**{**flags, "data": str(tmp_path / "bytes")})
     with pytest.raises(UserError, match="unknown GPT-2 checkpoint|neither a GPT-2 checkpoint"):
-        train(TrainConfig(**{**run, "init_from": "gpt3"}))
+        run(**{**flags, "init_from": "gpt3"})
     assert not (tmp_path / "o").exists()
+
+
+def test_check_run_dir(tmp_path):
+    def check(**flags):
+        check_run_dir(TrainConfig(**{"out_dir": str(tmp_path), **flags}))
+    with pytest.raises(UserError, match="--resume: no checkpoint at"):
+        check(resume=True)
+    check()
+    (tmp_path / "ckpt.pt").write_bytes(b"")
+    with pytest.raises(UserError, match="ckpt.pt exists: give --resume .* --overwrite"):
+        check()
+    with pytest.raises(UserError, match="give one of them"):
+        check(resume=True, overwrite=True)
+    check(resume=True)
+    check(overwrite=True)
+
+
+def test_clear_earlier_run_and_cut_log_after(tmp_path, capsys):
+    log = tmp_path / "metrics.jsonl"
+    log.write_text("".join(json.dumps({"step": s}) + "\n" for s in (1, 2, 3)))
+    cut_log_after(str(log), 2)  # resuming from a checkpoint of step 2
+    assert read_jsonl(log) == [{"step": 1}, {"step": 2}]
+    (tmp_path / "ckpt.pt").write_bytes(b"")
+    (tmp_path / "keep.txt").write_text("not the run's")
+    clear_earlier_run(str(tmp_path))
+    assert os.listdir(tmp_path) == ["keep.txt"]
+    assert capsys.readouterr().out.count("of an earlier run") == 2

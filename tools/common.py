@@ -62,7 +62,7 @@ def field_comments(cls):
     return comments
 
 
-def _int(text):
+def integer(text):
     """An integer flag, also written 200e9 (token budgets read better that way). inf, nan and
     numbers beyond 64 bits are refused: no setting of this project means them."""
     try:
@@ -77,7 +77,7 @@ def _int(text):
     return value
 
 
-def _float(text):
+def number(text):
     """A number flag; inf and nan are refused (a NaN would pass every later range check)."""
     value = float(text)
     if not math.isfinite(value):
@@ -85,14 +85,23 @@ def _float(text):
     return value
 
 
-TYPES = {int: _int, float: _float}  # how a flag of the field's type is read
+TYPES = {int: integer, float: number}  # how a flag of the field's type is read;
+# argparse names the function in its message: "invalid number value: ''"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with a refusal in one line, without the usage (pages long for a training
+    script) before it."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def config_parser(cls, description, choices=None):
     """An argparse parser with a --flag for every field of the dataclass cls. choices: {field:
     allowed values} for settings with a finite set of values; they show in --help."""
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=description,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     comments, choices = field_comments(cls), choices or {}
     for f in fields(cls):
         default = f.default if f.default is not MISSING else f.default_factory()
@@ -222,10 +231,34 @@ def _alive(pid):
     return True
 
 
+def require_writable_dir(path, flag):
+    """The door's check of an output directory: it exists and is writable, or it can be made
+    (its nearest existing parent is a writable directory). A refusal names the flag."""
+    require(path, f"{flag} is empty; name a directory")
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        # a dangling symlink does not exist, yet makedirs cannot make a directory in its place
+        if os.path.islink(existing):
+            raise UserError(f"{flag} {path}: {existing} is a symlink to "
+                            f"{os.readlink(existing)}, which does not exist; remove the link "
+                            "or choose another directory")
+        existing = os.path.dirname(existing)
+    where = "" if existing == os.path.abspath(path) else f" ({existing}, where it would be made)"
+    require(os.path.isdir(existing),
+            f"{flag} {path}: {existing} is a file, not a directory; choose another")
+    require(os.access(existing, os.W_OK | os.X_OK),
+            f"{flag} {path} is not writable{where}; choose a directory you can write to")
+
+
 @contextmanager
 def own_run_dir(out_dir, flag="--out_dir"):
-    """Hold out_dir/.lock for the lifetime of the with-block (the directory is created)."""
-    os.makedirs(out_dir, exist_ok=True)
+    """Hold out_dir/.lock for the lifetime of the with-block. The directory is created; if the
+    block leaves it empty (a run refused before its first output), it is removed again."""
+    made = not os.path.isdir(out_dir)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{flag} {out_dir}: cannot make it ({e.strerror or e})") from e
     path = os.path.join(out_dir, ".lock")
     me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.ctime(),
           "command": " ".join(sys.argv)}
@@ -255,6 +288,8 @@ def own_run_dir(out_dir, flag="--out_dir"):
         yield out_dir
     finally:
         os.remove(path)
+        if made and os.path.isdir(out_dir) and not os.listdir(out_dir):
+            os.rmdir(out_dir)
 
 
 # -----------------------------------------------------------------------------------------------
@@ -262,13 +297,28 @@ def own_run_dir(out_dir, flag="--out_dir"):
 # crash or a full disk mid-write leaves the previous file intact, and the temporary file is a
 # fresh name (never an existing file or a planted symlink that the write would follow).
 
+FULL_DISK = ("the previous version of the file is intact. Free some space and rerun (with "
+             "--resume for training).")
+
+
 def write_error(path, e):
     """The UserError for a failed write of path: a full disk is said in those words."""
+    if isinstance(e, RuntimeError):
+        # torch.save's zip writer meets a full disk as a short write, and says only "unexpected
+        # pos" (or "failed writing"), naming no file and no cause.
+        first = str(e).strip().splitlines()[0]
+        return UserError(f"cannot write {path}: no space left on the disk (or over quota): "
+                         f"torch's writer stopped part way ({first}); {FULL_DISK}")
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return UserError(f"cannot write {path}: no space left on the disk; the previous version "
-                          "of the file is intact. Free some space and rerun (with --resume for "
-                          "training).")
+        return UserError(f"cannot write {path}: no space left on the disk; {FULL_DISK}")
     return UserError(f"cannot write {path}: {e.strerror or e}")
+
+
+def is_torch_write_error(e):
+    """A RuntimeError of torch.save's zip writer (inline_container.cc) that a short write causes."""
+    text = str(e)
+    return isinstance(e, RuntimeError) and ("inline_container" in text
+                                            or "PytorchStreamWriter failed writing" in text)
 
 
 def atomic_write(path, write, mode="wb"):
@@ -291,9 +341,18 @@ def atomic_write(path, write, mode="wb"):
     except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
-        if isinstance(e, OSError):
+        if isinstance(e, OSError) or is_torch_write_error(e):
             raise write_error(path, e) from e
         raise
+
+
+def remove_interrupted_writes(folder, names):
+    """Delete the temporary files that atomic_write left beside each of names in folder when a
+    kill cut its write short (one can be as big as a model), with a note for each."""
+    for name in names:
+        for tmp in glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name)}.*.tmp")):
+            os.remove(tmp)
+            print(f"note: removed {tmp}, left by a write that was interrupted")
 
 
 def json_safe(obj):
