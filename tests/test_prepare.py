@@ -13,7 +13,7 @@ import tiktoken
 import data
 from tools import prepare as prepare_module
 from tools.common import download
-from data import data_meta, get_tokenizer, load_shard
+from data import get_tokenizer, load_shard, read_checked_meta
 from tools.prepare import iter_documents, main, prepare
 from tools.common import UserError
 
@@ -219,14 +219,14 @@ def test_a_failed_prepare_leaves_the_previous_output_untouched(tmp_path, monkeyp
     monkeypatch.undo()
     # Re-prepared with another tokenizer: no shard of the old one is left beside the new meta.json.
     prepare([str(src)], out, "byte", val_every=10, workers=1, shard_tokens=300)
-    meta = data_meta(out)
+    meta = read_checked_meta(out)
     assert meta["tokenizer"] == "byte" and (out / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in out.glob("*.bin")) == sorted(
         [f"train_{i:06d}.bin" for i in range(len(meta["train_shards"]))]
         + [f"val_{i:06d}.bin" for i in range(len(meta["val_shards"]))])
 
 
-@pytest.mark.parametrize("command", ["prepare", "c4", "task", "gpt2", "export"])
+@pytest.mark.parametrize("command", ["prepare", "c4", "task", "gpt2"])
 def test_every_flag_explains_itself(command, capsys):
     with pytest.raises(SystemExit):
         main([command, "--help"])
@@ -236,8 +236,7 @@ def test_every_flag_explains_itself(command, capsys):
     flags = {"prepare": ["--input", "--out", "--tokenizer", "--txt_docs", "--val_input",
                          "--val_every", "--shard_tokens", "--min_tokens", "--workers"],
              "c4": ["--shards", "--out", "--tokenizer", "--workers"],
-             "task": ["--name", "--out"], "gpt2": ["--name", "--out"],
-             "export": ["--ckpt", "--out"]}[command]
+             "task": ["--name", "--out"], "gpt2": ["--name", "--out"]}[command]
     assert sorted(blocks) == sorted(["-h,", *flags])
     for flag in flags:
         help_text = blocks[flag].split(flag.upper()[2:], 1)[1]

@@ -15,11 +15,11 @@ import pytest
 import torch
 
 import sample
-from data import data_meta, get_tokenizer, load_shard
-from tools import bench, prepare as P
+from data import get_tokenizer, load_shard, read_checked_meta
+from tools import bench, export, prepare as P
 from tools import experiment as E
 from tools import common
-from tools.common import UserError, own_run_dir
+from tools.common import UserError, own_run_dir, parse_config
 
 BYTE = get_tokenizer("byte")
 ROOT_USER = os.geteuid() == 0  # root may write into read-only directories
@@ -118,7 +118,7 @@ def test_utf16_with_a_byte_order_mark_is_read_as_utf16(tmp_path, encoding):
     (tmp_path / "doc.txt").write_bytes(data)
     prepare_main("--input", tmp_path / "doc.txt", "--out", tmp_path / "out", "--val_every", "0")
     assert documents(tmp_path / "out") == [text]
-    assert data_meta(tmp_path / "out")["problems"] == {}
+    assert read_checked_meta(tmp_path / "out")["problems"] == {}
 
 
 def test_damaged_utf16_is_refused_by_name(tmp_path, capsys):
@@ -170,14 +170,14 @@ def test_a_kill_at_any_point_of_prepare_keeps_one_whole_dataset(tmp_path, monkey
         if (out / ".swap.json").exists():  # P.SWAP
             kinds.add("journal")
             try:  # meta.json is away while old and new shards lie side by side
-                data_meta(out)
+                read_checked_meta(out)
                 assert documents(out) in (old_docs, new_docs), k
             except UserError:
                 assert not (out / "meta.json").exists()
             P.finish_or_remove_killed_runs(out)
             assert documents(out) == new_docs and not (out / ".swap.json").exists()
         else:
-            data_meta(out)
+            read_checked_meta(out)
             kinds.add("old" if documents(out) == old_docs else "new")
             assert documents(out) in (old_docs, new_docs), k
         # The next run (its lock left by the killed process, which a real kill leaves stale)
@@ -186,7 +186,7 @@ def test_a_kill_at_any_point_of_prepare_keeps_one_whole_dataset(tmp_path, monkey
         prepare_main("--input", new, "--out", out, *flags)
         assert documents(out) == new_docs
         assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
-        assert len(data_meta(out)["train_shards"]) == 2  # and no old shard beside them
+        assert len(read_checked_meta(out)["train_shards"]) == 2  # and no old shard beside them
         if not killed:
             break
         k += 1
@@ -343,7 +343,7 @@ def sandbox(tmp_path, monkeypatch):
     base = {"prepare": ["prepare", "--input", str(text), "--out", "out", "--tokenizer", "byte"],
             "c4": ["c4", "--shards", "1", "--out", "out"], "task": ["task", "gsm8k", "--out", "o"],
             "gpt2": ["gpt2", "gpt2", "--out", "o"],
-            "export": ["export", "--ckpt", str(tmp_path / "junk.pt"), "--out", "o"],
+            "export": ["--ckpt", str(tmp_path / "junk.pt"), "--out", "o"],
             "sample": ["--ckpt", str(tmp_path / "junk.pt"), "--device", "cpu"],
             "bench": ["--device", "cpu"], "experiment": ["--device", "cpu", "--out_dir", "o"]}
     yield tmp_path, paths, files, base
@@ -352,17 +352,18 @@ def sandbox(tmp_path, monkeypatch):
 
 def door(script):
     """The script's door alone: its command line parsed and checked, no work."""
-    if script in ("prepare", "c4", "task", "gpt2", "export"):
+    if script in ("prepare", "c4", "task", "gpt2"):
         return P.parse_command
-    return {"sample": lambda a: sample.parse_config(sample.SampleConfig, "", a),
+    return {"export": lambda a: parse_config(export.ExportConfig, "", a),
+            "sample": lambda a: sample.parse_config(sample.SampleConfig, "", a),
             "bench": bench.parse_args, "experiment": E.parse_args}[script]
 
 
 def full_run(script):
     """The script's main(), for a value the door lets through that the work must refuse."""
-    if script in ("prepare", "c4", "task", "gpt2", "export"):
+    if script in ("prepare", "c4", "task", "gpt2"):
         return P.main
-    return {"sample": sample.main}[script]
+    return {"export": export.main, "sample": sample.main}[script]
 
 
 def campaign_cases(paths, files):

@@ -7,6 +7,7 @@ atomically, and downloads.
 import argparse
 import bz2
 import errno
+import functools
 import glob
 import gzip
 import inspect
@@ -50,6 +51,7 @@ def require(ok, message):
         raise UserError(message)
 
 
+@functools.cache  # getsource parses the whole module: 65 ms a call
 def field_comments(cls):
     """{field name: the comment on its line} from the source of a dataclass."""
     comments, source = {}, inspect.getsource(cls)
@@ -100,7 +102,8 @@ class OneLineParser(argparse.ArgumentParser):
 def config_parser(cls, description, choices=None):
     """An argparse parser with a --flag for every field of the dataclass cls. choices: {field:
     allowed values} for settings with a finite set of values; they show in --help."""
-    parser = OneLineParser(description=description,
+    # allow_abbrev=False: --num_pauses (M_ft) must never pass for --num_pauses_eval (M_inf)
+    parser = OneLineParser(description=description, allow_abbrev=False,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     comments, choices = field_comments(cls), choices or {}
     for f in fields(cls):
@@ -109,7 +112,10 @@ def config_parser(cls, description, choices=None):
         if f.name in choices:
             help_text += f" (choices: {', '.join(map(str, choices[f.name]))})"
         help_text += " (default: %(default)s)"
-        if f.type is bool:
+        if f.type is list:  # a field of files: --input a.txt b.txt
+            parser.add_argument(f"--{f.name}", nargs="*", default=default, help=help_text,
+                                metavar=f.name.upper())
+        elif f.type is bool:
             parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction,
                                 default=default, help=help_text)
         else:
@@ -133,11 +139,13 @@ def check_ranges(cfg, ranges):
                 raise UserError(f"--{name} must be {allowed}, got {getattr(cfg, name)}")
 
 
-def parse_config(cls, description, argv=None, choices=None):
+def parse_config(cls, description, argv=None, choices=None, defaults=None):
     """A script's config from its command line, checked at the door: argparse reads the flags,
     then cls.check() what they mean together and the files they name. A refusal exits with one
-    line that names the flag or file, before any work."""
+    line that names the flag or file, before any work. defaults: {field: value} in place of the
+    dataclass's (a task's own defaults)."""
     parser = config_parser(cls, description, choices)
+    parser.set_defaults(**(defaults or {}))
     cfg = cls(**vars(parser.parse_args(argv)))
     try:
         cfg.check()

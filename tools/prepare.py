@@ -6,7 +6,6 @@ token shards that data.PretrainLoader reads, and fetches the downstream tasks an
     python -m tools.prepare c4 --shards 8 --out data/c4                  # C4-English, prepared
     python -m tools.prepare task gsm8k --out data/tasks                  # a downstream task
     python -m tools.prepare gpt2 gpt2-medium                             # GPT-2 weights
-    python -m tools.prepare export --ckpt out/ckpt.pt --out out/hf       # a checkpoint as HF GPT-2
 
 `python -m tools.prepare COMMAND --help` lists the flags of each command.
 """
@@ -36,7 +35,6 @@ from tasks import TASK_ALIASES, TASK_FILES
 from tools import gpt2
 from tools.common import (UserError, atomic_write, check_ranges, config_parser, download,
                           own_run_dir, require, write_json)
-from tools.export import export_hf
 
 TEXT_TYPES, JSON_TYPES = (".txt", ".txt.gz"), (".jsonl", ".jsonl.gz", ".json.gz")
 TXT_DOCS = ("file", "line")  # a .txt input is one document, or one document per line
@@ -448,11 +446,6 @@ def gpt2_weights(name, out_dir):
           f"{name if Path(out_dir) == Path(GPT2_CACHE) else folder}")
 
 
-def export(ckpt, out_dir):
-    export_hf(ckpt, out_dir)
-    print(f"{out_dir}: {ckpt} as config.json + pytorch_model.bin in Hugging Face's GPT-2 layout")
-
-
 # -----------------------------------------------------------------------------------------------
 # The command line: one config dataclass per command, checked at the door before any work.
 
@@ -563,30 +556,12 @@ class Gpt2Config:
         gpt2_weights(self.name, self.out)
 
 
-@dataclass
-class ExportConfig:
-    """Write a checkpoint in Hugging Face's GPT-2 layout."""
-    ckpt: str = ""                 # a ckpt.pt of train.py or finetune.py
-    out: str = ""                  # directory for config.json + pytorch_model.bin
-
-    def check(self):
-        require(self.ckpt, "--ckpt: give a ckpt.pt of train.py or finetune.py")
-        require_input_file(self.ckpt, "--ckpt")
-        require_output_dir(self.out, "--out")
-
-    def run(self):
-        export(self.ckpt, self.out)
-
-
-COMMANDS = {"prepare": PrepareConfig, "c4": C4Config, "task": TaskConfig, "gpt2": Gpt2Config,
-            "export": ExportConfig}
+COMMANDS = {"prepare": PrepareConfig, "c4": C4Config, "task": TaskConfig, "gpt2": Gpt2Config}
 TOKENIZER = {"tokenizer": sorted(TOKENIZERS)}
 CHOICES = {"prepare": {**TOKENIZER, "txt_docs": list(TXT_DOCS)},
            "c4": TOKENIZER,
            "task": {"name": sorted({*TASK_FILES, *TASK_ALIASES})},
-           "gpt2": {"name": list(gpt2.NAMES)},
-           "export": {}}
-LISTS = {"input": "+", "val_input": "*"}  # flags that take several files
+           "gpt2": {"name": list(gpt2.NAMES)}}
 
 
 def parse_command(argv=None):
@@ -605,10 +580,6 @@ def parse_command(argv=None):
     cls = COMMANDS[args.command]
     parser = config_parser(cls, cls.__doc__, CHOICES[args.command])
     parser.prog = f"{top.prog} {args.command}"
-    for action in parser._actions:  # a list field takes several files (config_parser: one)
-        if action.dest in LISTS:
-            action.nargs = LISTS[action.dest]
-            action.type = str
     cfg = cls(**vars(parser.parse_args(rest)))
     try:
         cfg.check()
