@@ -2,18 +2,21 @@
 Pause-finetuning and pause-inference on a downstream task (paper Sec. 3.2-3.3):
 
     python finetune.py --ckpt out/ckpt.pt --task world:add --num_pauses 10
-    python finetune.py --ckpt out/ckpt.pt --task squad --data data/ --num_pauses 10
-    python finetune.py --init_from gpt2 --task gsm8k --data data/ --num_pauses 10
-    python finetune.py --ckpt ft/ckpt.pt --task squad --eval_data dev.json --max_steps 0
-    torchrun --standalone --nproc_per_node=8 finetune.py --ckpt out/ckpt.pt --task gsm8k ...
+    python finetune.py --ckpt out/ckpt.pt --task squad --data data/
+    python finetune.py --init_from gpt2 --task gsm8k --data data/
+    python finetune.py --ckpt ft/ckpt.pt --task squad --eval_data dev.json \
+        --max_steps 0
+    torchrun --standalone --nproc_per_node=8 finetune.py --ckpt ... --task ...
 
-The pretrained model (train.py's checkpoint, StdPT or PausePT by its pause_frac, or GPT-2, a
-StdPT model) is finetuned with M_ft = --num_pauses pauses after every prompt (M_ft = 0: StdFT),
-then evaluated with M_inf = --num_pauses_eval pauses as the task's official script scores it.
---max_steps 0 evaluates a model as it is, and needs no training file: its name (StdPT_PauseFT
-...) then comes from what the model carries. Writes out_dir/metrics.jsonl, predictions.jsonl
-and results.json (scores in %). tools/experiment.py runs it for the paper's four
-configurations, StdPT_StdFT, StdPT_PauseFT, PausePT_StdFT, PausePT_PauseFT.
+The pretrained model (train.py's checkpoint, StdPT or PausePT by its
+pause_frac, or GPT-2, a StdPT model) is finetuned with M_ft = --num_pauses
+pauses after every prompt (M_ft = 0: StdFT), then evaluated with
+M_inf = --num_pauses_eval pauses as the task's official script scores it.
+--max_steps 0 evaluates a model as it is and needs no training file; the
+configuration's name (StdPT_PauseFT ...) then comes from what the model
+carries. Writes out_dir/metrics.jsonl, predictions.jsonl and results.json
+(scores in %). tools/experiment.py runs the paper's four configurations,
+StdPT_StdFT, StdPT_PauseFT, PausePT_StdFT and PausePT_PauseFT.
 """
 import json
 import math
@@ -40,49 +43,49 @@ from tools.common import (UserError, append_jsonl, atomic_write, check_ranges, c
                           resolve_device, resolve_dtype, setup_ddp, write_json)
 
 M_FT = "--num_pauses (M_ft)"
-# What a run writes, results.json last: a directory that holds one has a complete run.
+# What a run writes, results.json last: it marks a complete run.
 OUTPUTS = ("metrics.jsonl", "predictions.jsonl", "ckpt.pt", "results.json")
-UNFINISHED = ".unfinished"  # out_dir's subdirectory where a run writes until it ends
-BUILTIN_MAX = 100_000  # the built-in tasks have fewer distinct examples than this
+UNFINISHED = ".unfinished"  # where a run writes until it is complete
+BUILTIN_MAX = 100_000  # more than the built-in tasks' distinct examples
 
 
 @dataclass
 class FinetuneConfig:
     # the pretrained model: exactly one of --ckpt and --init_from
-    ckpt: str = ""                # train.py's or finetune.py's checkpoint (out_dir/ckpt.pt)
-    init_from: str = ""           # Hugging Face weights: gpt2 ... gpt2-xl, or a DIR
+    ckpt: str = ""  # a checkpoint of train.py or finetune.py
+    init_from: str = ""  # Hugging Face weights: gpt2 ... gpt2-xl, or a DIR
     # the task
-    task: str = "world:chain"     # one of the nine real tasks, or a built-in task of the world
-    data: str = ""                # real tasks: a DIR (prepare's) or the training FILE
-    eval_data: str = ""           # the evaluation FILE; needed when --data is a file
-    n_train: int = -1             # training examples; -1: the whole split, or 4000 made
-    n_eval: int = -1              # evaluation examples; -1: the whole split, or 200 made
-    data_seed: int = 0            # which random subset a positive n draws
+    task: str = "world:chain"  # one of the nine real tasks, or a built-in one
+    data: str = ""  # real tasks: a DIR (prepare's) or the training FILE
+    eval_data: str = ""  # the evaluation FILE; needed when --data is a file
+    n_train: int = -1  # training examples; -1: the whole split, or 4000 made
+    n_eval: int = -1  # evaluation examples; -1: the whole split, or 200 made
+    data_seed: int = 0  # which random subset a positive n draws
     # the paper's knobs
-    num_pauses: int = 10          # M_ft, pauses after each prompt in finetuning; 0 is StdFT
-    num_pauses_eval: int = -1     # M_inf, pauses at inference; -1: M_inf = M_ft
-    where: str = "append"         # pauses after the prompt, or before it (an ablation)
-    filler: str = ""              # evaluate with M_inf copies of this token (e.g. '.')
-    score_choices: bool = False   # commonsense_qa: score the letters, not decode
+    num_pauses: int = 10  # M_ft, pauses after each prompt in finetuning; 0 is StdFT
+    num_pauses_eval: int = -1  # M_inf, pauses at inference; -1: M_inf = M_ft
+    where: str = "append"  # pauses after the prompt, or before it (an ablation)
+    filler: str = ""  # evaluate with M_inf copies of this token (e.g. '.')
+    score_choices: bool = False  # commonsense_qa: score the letters, not decode
     # optimization: AdamW, linear warmup then cosine decay
-    max_steps: int = 250          # optimizer steps; 0 evaluates the model as it is
-    batch_size: int = 32          # examples per step, over all DDP ranks together
-    lr: float = 1e-3              # peak learning rate
-    min_lr: float = 1e-4          # learning rate at the end of the cosine decay
-    warmup_steps: int = 30        # steps of linear warmup
-    weight_decay: float = 0.1     # AdamW's, on the matrices only
-    grad_clip: float = 1.0        # clip the gradient's norm to this; 0: no clipping
-    seed: int = 0                 # the order of the training examples
+    max_steps: int = 250  # optimizer steps; 0 evaluates the model as it is
+    batch_size: int = 32  # examples per step, over all DDP ranks together
+    lr: float = 1e-3  # peak learning rate
+    min_lr: float = 1e-4  # learning rate at the end of the cosine decay
+    warmup_steps: int = 30  # steps of linear warmup
+    weight_decay: float = 0.1  # AdamW's, on the matrices only
+    grad_clip: float = 1.0  # clip the gradient's norm to this; 0: no clipping
+    seed: int = 0  # the order of the training examples
     # evaluation
-    max_new_tokens: int = 0       # 0: the longest answer + 2, at most 1/4 of the context
-    eval_batch_size: int = 16     # prompts decoded (or rows scored) together
+    max_new_tokens: int = 0  # 0: the longest answer + 2, at most 1/4 of the context
+    eval_batch_size: int = 16  # prompts decoded (or rows scored) together
     # system and output
-    log_interval: int = 25        # steps between two lines of out_dir/metrics.jsonl
-    device: str = "auto"          # auto, cpu, cuda, cuda:N (torchrun: cuda:LOCAL_RANK)
-    dtype: str = "auto"           # auto: bfloat16 on a GPU that has it, else float32
-    out_dir: str = "out_finetune"  # where metrics.jsonl, predictions.jsonl, results.json go
-    save: bool = False            # also write the finetuned model to out_dir/ckpt.pt
-    overwrite: bool = False       # replace an earlier run's files in out_dir
+    log_interval: int = 25  # steps between two lines of out_dir/metrics.jsonl
+    device: str = "auto"  # auto, cpu, cuda, cuda:N (torchrun: cuda:LOCAL_RANK)
+    dtype: str = "auto"  # auto: bfloat16 on a GPU that has it, else float32
+    out_dir: str = "out_finetune"  # where the run's files go
+    save: bool = False  # also write the finetuned model to out_dir/ckpt.pt
+    overwrite: bool = False  # replace an earlier run's files in out_dir
 
     def check(self):
         """Every flag and file, before any work; a refusal names the flag."""
@@ -110,10 +113,7 @@ class FinetuneConfig:
                 "always scored by likelihood)")
         require(not (self.save and self.max_steps == 0), "--save with --max_steps 0 "
                 "would save the model unchanged; it is the one given already")
-        try:
-            tasks.check_data(self.task, self.data, self.eval_data, self.max_steps > 0)
-        except ValueError as e:
-            raise UserError(str(e)) from None
+        tasks.check_data(self.task, self.data, self.eval_data, self.max_steps > 0)
         resolve_device(self.device)  # a GPU on a machine without one is refused
         check_out_dir(self.out_dir)
         mine = os.path.join(self.out_dir, "ckpt.pt")
@@ -123,12 +123,13 @@ class FinetuneConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# The output directory. A run writes into out_dir/.unfinished/ and moves its files into out_dir
-# only when all of them are complete: a run that fails or is killed leaves an earlier run's
-# files as they were, never a directory that mixes two runs.
+# The output directory. A run writes into out_dir/.unfinished/ and moves its
+# files into out_dir only once all of them are complete: a run that fails or
+# is killed leaves an earlier run's files as they were, never a mix of two.
 
 def same_file(a, b):
-    return bool(a) and os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+    both = bool(a) and os.path.exists(a) and os.path.exists(b)
+    return both and os.path.samefile(a, b)
 
 
 def check_out_dir(path, flag="--out_dir"):
@@ -147,7 +148,7 @@ def check_out_dir(path, flag="--out_dir"):
 
 
 def check_earlier_run(cfg):
-    """An earlier run's files need --overwrite; --ckpt, this run's input, is not one."""
+    """An earlier run's files need --overwrite (--ckpt, the input, is none)."""
     paths = {name: os.path.join(cfg.out_dir, name) for name in OUTPUTS}
     held = [name for name, path in paths.items()
             if os.path.exists(path) and not same_file(cfg.ckpt, path)]
@@ -167,8 +168,8 @@ def start_unfinished(out_dir):
 
 
 def finish_run(cfg, staged):
-    """Move the complete files of this run into out_dir, results.json last; an earlier run's
-    ckpt.pt goes, unless it is --ckpt, this run's input."""
+    """Move this run's complete files into out_dir, results.json last. An
+    earlier run's ckpt.pt goes, unless it is --ckpt, this run's input."""
     final = {name: os.path.join(cfg.out_dir, name) for name in OUTPUTS}
     if os.path.exists(final["results.json"]):  # from now on: not a complete run
         os.remove(final["results.json"])
@@ -177,7 +178,7 @@ def finish_run(cfg, staged):
         if os.path.exists(new):
             os.replace(new, path)
         elif same_file(cfg.ckpt, path):
-            print(f"note: kept {path}: it is --ckpt, the model this run started from")
+            print(f"note: kept {path}, this run's --ckpt")
         elif os.path.exists(path):
             os.remove(path)
             print(f"removed {path}, the earlier run's (--overwrite without --save)")
@@ -188,9 +189,11 @@ def finish_run(cfg, staged):
 # One finetuning run.
 
 def training_rows(examples, task, tok, block_size, num_pauses, where):
-    """The (x, y) row of every example with M_ft pauses, and how many prompts were cut."""
+    """The (x, y) row of every example with M_ft pauses, and how many prompts
+    were cut to fit."""
     rows, cuts = [], 0
-    for ex, prompt in zip(examples, tok.encode_batch([e["prompt"] for e in examples])):
+    prompts = tok.encode_batch([e["prompt"] for e in examples])
+    for ex, prompt in zip(examples, prompts):
         answer = tasks.answer_ids(tok, task, ex["target"])
         (row,), cut = answer_rows(prompt, [answer], num_pauses, tok.pause_id, where,
                                   block_size, M_FT)
@@ -200,8 +203,9 @@ def training_rows(examples, task, tok, block_size, num_pauses, where):
 
 
 def load_examples(cfg, split):
-    """(examples, whether they are the whole split). -1 is the task's default: the whole
-    split of a real task, 4000 training or 200 evaluation examples of a built-in one."""
+    """(examples, whether they are the whole split). -1 is the task's default:
+    the whole split of a real task; 4000 training or 200 evaluation examples
+    made for a built-in one."""
     n = cfg.n_train if split == "train" else cfg.n_eval
     if cfg.task in tasks.BUILTIN and n == -1:
         n = {"train": 4000, "test": 200}[split]
@@ -216,8 +220,8 @@ def load_examples(cfg, split):
 
 
 def carried_m_ft(cfg):
-    """M_ft of the model's own finetuning (None: not finetuned): the finetune_config of
-    finetune.py's checkpoint, or the num_pauses of an export's config.json."""
+    """M_ft of the model's own finetuning (None: not finetuned): from the
+    finetune_config of finetune.py's checkpoint, or an export's config.json."""
     if cfg.ckpt:
         finetuned = read_checkpoint(cfg.ckpt).get("finetune_config") or {}
         return finetuned.get("num_pauses")
@@ -238,9 +242,10 @@ def config_name(pause_frac, m_ft, cfg):
 
 
 def finetune(cfg, env=None, progress=True):
-    """Finetune the pretrained model on cfg.task with M_ft = cfg.num_pauses (cfg.check()
-    passed), then evaluate it with M_inf pauses. env: (rank, world_size, device) from
-    setup_ddp(). Returns (model, results); rank 0 writes them to out_dir."""
+    """Finetune the pretrained model on cfg.task with M_ft = cfg.num_pauses,
+    then evaluate it with M_inf pauses; cfg.check() has passed. env: (rank,
+    world_size, device) from setup_ddp(). Returns (model, results); rank 0
+    writes them to out_dir."""
     rank, world_size, device = env or (0, 1, resolve_device(cfg.device))
     require(cfg.batch_size % world_size == 0, f"--batch_size {cfg.batch_size} "
             f"must be a multiple of the {world_size} DDP ranks")
@@ -252,9 +257,9 @@ def finetune(cfg, env=None, progress=True):
 
 
 def run(cfg, rank, world_size, device, run_dir, progress):
-    """The run itself. Rank 0 enters out_dir's lock into run_dir (an ExitStack) once
-    the settings have passed every check against the model and the data: a refusal
-    writes nothing."""
+    """The run itself. Rank 0 enters out_dir's lock into run_dir (an
+    ExitStack) once the settings have passed every check against the model
+    and the data: a refusal writes nothing."""
     master = rank == 0
     _, autocast = resolve_dtype(cfg.dtype, device)
     task = tasks.get_task(cfg.task)

@@ -29,6 +29,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 
 from data import WORLD_TASKS, synthetic_task
+from tools.common import UserError, require
 
 # -----------------------------------------------------------------------------------------------
 # The tasks' original public files. load_task reads them from DIR/NAME/ under these names;
@@ -603,29 +604,30 @@ def task_file(name, path, split):
 
 
 def check_data(name, data, eval_data, train=True):
-    """A ValueError naming the flag when finetune.py's --data (a DIR, or the training FILE) and
+    """A UserError naming the flag when finetune.py's --data (a DIR, or the training FILE) and
     --eval_data do not fit task `name`. train: whether the run finetunes; an evaluation-only run
     needs the evaluation split alone. The evaluation file is never the training file, however
     its path is spelled (relative, absolute, through a symlink)."""
     if name in BUILTIN:
-        if data or eval_data:
-            raise ValueError(f"--data and --eval_data are for the real tasks; {name} is generated")
+        require(not (data or eval_data), f"--data and --eval_data are for the real tasks; "
+                f"{name} is generated")
         return
-    if not (data or (eval_data and not train)):
-        raise ValueError(f"--task {name} needs --data DIR (after `python -m tools.prepare task "
-                         f"{name} --out DIR`), or --data FILE --eval_data FILE; an evaluation-"
-                         "only run (--max_steps 0) needs only --eval_data FILE")
-    if os.path.isfile(data) and not eval_data:
-        raise ValueError(f"--data {data} is a file, the training split: give the evaluation "
-                         "split with --eval_data FILE")
-    if eval_data and not os.path.exists(eval_data):
-        raise ValueError(f"--eval_data {eval_data} does not exist")
-    if not (train and eval_data):
+    require(data or (eval_data and not train), f"--task {name} needs --data DIR (after "
+            f"`python -m tools.prepare task {name} --out DIR`), or --data FILE --eval_data "
+            "FILE; an evaluation-only run (--max_steps 0) needs only --eval_data FILE")
+    require(eval_data or not os.path.isfile(data), f"--data {data} is a file, the training "
+            "split: give the evaluation split with --eval_data FILE")
+    require(not eval_data or os.path.exists(eval_data), f"--eval_data {eval_data} does not "
+            "exist")
+    if not train:
         return
-    train_file = task_file(name, data, "train")
-    if os.path.isfile(eval_data) and os.path.samefile(train_file, eval_data):
-        raise ValueError(f"--eval_data {eval_data} is the training file ({train_file}); a model "
-                         "is never scored on the examples it was finetuned on")
+    try:
+        train_file = task_file(name, data, "train")
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    same = eval_data and os.path.isfile(eval_data) and os.path.samefile(train_file, eval_data)
+    require(not same, f"--eval_data {eval_data} is the training file ({train_file}); a model "
+            "is never scored on the examples it was finetuned on")
 
 
 def shared_examples(train, evaluation):

@@ -302,6 +302,46 @@ def test_finetune_on_a_real_task_counts_cut_prompts_and_reports_every_metric(tmp
     assert "on 3 examples (a random subset, --data_seed 1; 3 of them" in capsys.readouterr().out
 
 
+def test_evaluation_only_runs_need_no_training_file_and_name_the_model_it_carries(tmp_path):
+    data = squad_dir(tmp_path, 4, words=2)
+    eval_file = os.path.join(data, "squad", "validation.jsonl")
+    ckpt = save_tiny_ckpt(tmp_path / "c.pt", pause_frac=0.1)
+    for m_ft, name in [(3, "PausePT_PauseFT"), (0, "PausePT_StdFT")]:
+        ft = FinetuneConfig(ckpt=ckpt, task="squad", data=data, num_pauses=m_ft, max_steps=2,
+                            batch_size=2, max_new_tokens=6, out_dir=str(tmp_path / f"ft{m_ft}"),
+                            save=True)
+        _, trained = finetune.finetune(ft, progress=False)
+        finetuned = str(tmp_path / f"ft{m_ft}" / "ckpt.pt")
+        # the finetuned model as it is, from the evaluation file alone, on the command line;
+        # M_inf defaults to the model's own M_ft, whatever --num_pauses says
+        out = tmp_path / f"ev{m_ft}"
+        finetune.main(["--ckpt", finetuned, "--task", "squad", "--eval_data", eval_file,
+                       "--max_steps", "0", "--max_new_tokens", "6", "--out_dir", str(out)])
+        results = json.load(open(out / "results.json"))
+        assert results["config"] == name == trained["config"]
+        assert results["num_pauses"] == results["num_pauses_eval"] == m_ft
+        assert results["train_examples"] == 0 and results["steps"] == 0
+        # the same scores as the finetuning run's own evaluation of that model
+        assert results["metrics"] == trained["metrics"]
+        assert results["answer_loss"] == pytest.approx(trained["answer_loss"], abs=1e-6)
+        predictions = [open(d / "predictions.jsonl").read() for d in (out, tmp_path / f"ft{m_ft}")]
+        assert predictions[0] == predictions[1]
+    # --data DIR that holds the evaluation split only
+    only = tmp_path / "only" / "squad"
+    only.mkdir(parents=True)
+    (only / "validation.jsonl").write_bytes(open(eval_file, "rb").read())
+    cfg = FinetuneConfig(ckpt=finetuned, task="squad", data=str(tmp_path / "only"), max_steps=0,
+                         num_pauses_eval=2, out_dir=str(tmp_path / "ev_dir"))
+    cfg.check()
+    _, results = finetune.finetune(cfg, progress=False)
+    assert results["config"] == "PausePT_StdFT" and results["num_pauses_eval"] == 2
+    # without training answers, the decoding room comes from the evaluation answers: " yes\n" + 2
+    assert results["max_new_tokens"] == len(b" yes\n") + 2
+    # a training run still needs its training split
+    with pytest.raises(UserError, match="no train file for squad"):
+        replace(cfg, max_steps=1).check()
+
+
 def test_commonsense_qa_with_score_choices_is_trained_and_scored_on_the_letters(tmp_path):
     os.makedirs(tmp_path / "commonsense_qa")
     choices = [{"label": lab, "text": t} for lab, t in zip("ABCDE", "ant bee cat dog elk".split())]
