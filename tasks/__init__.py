@@ -1,8 +1,8 @@
 """
 The nine downstream tasks of the paper (Sec. 4) and the built-in world tasks: where their files come
 from, how each file format becomes examples, and how a prediction is scored the way the benchmark's
-official script scores it. Nothing here is about pauses: finetune.py turns these examples into rows
-with pauses and evaluates them.
+official script scores it. Nothing in this file is about pauses: tasks/evaluate.py turns these
+examples into rows with pauses and evaluates a model on them, for finetune.py.
 
     load_task(name, path, split, n, seed) -> a list of examples, each a dict:
         generation:      {"prompt", "target", "answers"}   target: the training continuation;
@@ -14,6 +14,7 @@ with pauses and evaluates them.
     choose(logprobs, choices)      -> {"acc": index, "acc_norm": index} for one scored example
     answer_ids(tok, task, text), stop_ids(tok, task) -> an answer's tokens, and where decoding stops
 
+Task.kind is "generate" (decode an answer, score it) or "choice" (pick by likelihood, choose);
 Task.metric is the main key of score's (or choose's) dict, Task.source the script it follows.
 """
 import gzip
@@ -512,7 +513,7 @@ class Task:
     stop: str = "newline"  # at a newline; "eot": at <|endoftext|> only; "length": see answer_ids
     source: str = ""      # the official script the metric follows
     scorer: object = None  # (prediction, golds) -> dict; None: a choice task, scored by choose()
-    kind: str = "generate"  # "generate": decode an answer, score(); "choice": choose() by likelihood
+    kind: str = "generate"  # "generate": decode, then score(); "choice": choose() by likelihood
 
     def __post_init__(self):
         assert (self.kind == "choice") == (self.scorer is None), self.kind
