@@ -4,8 +4,7 @@ Pause-finetuning and pause-inference on a downstream task (paper Sec. 3.2-3.3):
     python finetune.py --ckpt out/ckpt.pt --task world:add --num_pauses 10
     python finetune.py --ckpt out/ckpt.pt --task squad --data data/
     python finetune.py --init_from gpt2 --task gsm8k --data data/
-    python finetune.py --ckpt ft/ckpt.pt --task squad --eval_data dev.json \
-        --max_steps 0
+    python finetune.py --ckpt ft/ckpt.pt --max_steps 0 --task squad --eval_data F
     torchrun --standalone --nproc_per_node=8 finetune.py --ckpt ... --task ...
 
 The pretrained model (train.py's checkpoint, StdPT or PausePT by its
@@ -236,7 +235,8 @@ def config_name(pause_frac, m_ft, cfg):
     """The paper's name of the configuration (M_ft None: not finetuned), with the
     ablations' marks."""
     name = "PausePT" if pause_frac > 0 else "StdPT"
-    name += {None: "", 0: "_StdFT"}.get(m_ft, "_PauseFT")
+    if m_ft is not None:  # None: a model that no finetuning has touched
+        name += "_PauseFT" if m_ft > 0 else "_StdFT"
     name += " (prepend)" if cfg.where == "prepend" else ""
     return name + (f" + filler {cfg.filler!r}" if cfg.filler else "")
 
