@@ -62,7 +62,7 @@ class FinetuneConfig:
     data_seed: int = 0  # which random subset a positive n draws
     # the paper's knobs
     num_pauses: int = 10  # M_ft, pauses after each prompt in finetuning; 0 is StdFT
-    num_pauses_eval: int = -1  # M_inf, pauses at inference; -1: M_inf = M_ft
+    num_pauses_eval: int = -1  # M_inf; -1: M_ft (with --max_steps 0: the model's)
     where: str = "append"  # pauses after the prompt, or before it (an ablation)
     filler: str = ""  # evaluate with M_inf copies of this token (e.g. '.')
     score_choices: bool = False  # commonsense_qa: score the letters, not decode
@@ -76,7 +76,7 @@ class FinetuneConfig:
     grad_clip: float = 1.0  # clip the gradient's norm to this; 0: no clipping
     seed: int = 0  # the order of the training examples
     # evaluation
-    max_new_tokens: int = 0  # 0: the longest answer + 2, at most 1/4 of the context
+    max_new_tokens: int = 0  # 0: longest answer + 2 (training's, else eval's), <= T/4
     eval_batch_size: int = 16  # prompts decoded (or rows scored) together
     # system and output
     log_interval: int = 25  # steps between two lines of out_dir/metrics.jsonl
