@@ -1,8 +1,8 @@
 """
 The nine downstream tasks of the paper (Sec. 4) and the built-in world tasks: where their files come
 from, how each file format becomes examples, and how a prediction is scored the way the benchmark's
-official script scores it. Nothing here is about pauses: finetune.py turns these examples into rows
-with pauses and evaluates them.
+official script scores it. Nothing in this file is about pauses: tasks/evaluate.py turns these
+examples into rows with pauses and evaluates a model on them, for finetune.py.
 
     load_task(name, path, split, n, seed) -> a list of examples, each a dict:
         generation:      {"prompt", "target", "answers"}   target: the training continuation;
@@ -14,6 +14,7 @@ with pauses and evaluates them.
     choose(logprobs, choices)      -> {"acc": index, "acc_norm": index} for one scored example
     answer_ids(tok, task, text), stop_ids(tok, task) -> an answer's tokens, and where decoding stops
 
+Task.kind is "generate" (decode an answer, score it) or "choice" (pick by likelihood, choose);
 Task.metric is the main key of score's (or choose's) dict, Task.source the script it follows.
 """
 import gzip
@@ -24,14 +25,16 @@ import random
 import re
 import string
 import unicodedata
+import zlib
 from collections import Counter
 from dataclasses import dataclass, replace
 
 from data import WORLD_TASKS, synthetic_task
+from tools.common import UserError, require
 
 # -----------------------------------------------------------------------------------------------
 # The tasks' original public files. load_task reads them from DIR/NAME/ under these names;
-# `python prepare.py task NAME --out DIR` downloads them.
+# `python -m tools.prepare task NAME --out DIR` downloads them.
 GITHUB = "https://raw.githubusercontent.com/"
 GSM8K_URL = GITHUB + "openai/grade-school-math/master/grade_school_math/data/"
 NQ_URL = GITHUB + "google-research-datasets/natural-questions/master/nq_open/"
@@ -81,7 +84,10 @@ def read_records(path):
             text = f.read()
     except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: cannot read it as UTF-8 text"
-                         f"{' (gzip)' if path.endswith('.gz') else ''}: {e}")
+                         f"{' (gzip)' if path.endswith('.gz') else ''}: {e}") from None
+    except (EOFError, zlib.error) as e:  # gzip's own words for a file cut short or damaged
+        raise ValueError(f"{path}: a truncated or damaged gzip file ({e}); download it "
+                         "again") from None
     if not text.strip():
         raise ValueError(f"{path}: the file is empty")
     if not re.search(r"\.jsonl(\.gz)?$", path):
@@ -118,6 +124,16 @@ def field(record, key, where, task, kind=None):
     return value
 
 
+def strings(record, key, where, task):
+    """record[key] as a list of strings, or a ValueError naming the item that is not one."""
+    values = field(record, key, where, task, list)
+    for i, value in enumerate(values):
+        if not isinstance(value, str):
+            raise ValueError(f"{where}: {key}[{i}] of this {task} record should be a string, "
+                             f"got {type(value).__name__} {value!r:.40}")
+    return values
+
+
 def gen_example(prompt, answers, where):
     """A generation example. Every gold is kept, even an empty one, since the official scripts
     score against all of them; the training target is the first non-empty gold."""
@@ -132,11 +148,11 @@ def gen_example(prompt, answers, where):
 def choice_example(prompt, texts, label, where):
     """A multiple-choice example; each choice is scored as the continuation ' ' + text, the text
     exactly as the task's harness gives it (its length is what acc_norm divides by)."""
-    try:
+    if isinstance(label, str) and label.strip().isdigit():  # Hugging Face's "0", "1", ...
         label = int(label)
-    except (TypeError, ValueError):
+    if isinstance(label, bool) or not isinstance(label, int):  # 1.5 or true is not a number
         raise ValueError(f"{where}: label {label!r} is not a choice number (an unlabeled test "
-                         "split? evaluate on the validation/dev file)") from None
+                         "split? evaluate on the validation/dev file)")
     if not 0 <= label < len(texts):
         raise ValueError(f"{where}: label {label} is outside the {len(texts)} choices")
     choices = [TARGET_DELIMITER + t for t in texts]
@@ -230,24 +246,26 @@ def parse_squad(records, path):
     for where, r in records:
         if not (isinstance(r, dict) and "data" in r):  # the flat layout
             answers = field(r, "answers", where, "SQuAD", dict)
-            prompt = SQUAD_PROMPT.format(title=r.get("title", ""),
+            title = field(r, "title", where, "SQuAD", str) if "title" in r else ""
+            prompt = SQUAD_PROMPT.format(title=title,
                                          context=field(r, "context", where, "SQuAD", str),
                                          question=field(r, "question", where, "SQuAD", str))
-            golds = field(answers, "text", where + ", answers", "SQuAD", list)
+            golds = strings(answers, "text", where + ", answers", "SQuAD")
             out.append(gen_example(prompt, golds, where))
             continue
         for i, article in enumerate(field(r, "data", where, "SQuAD", list)):
             w_article = f"{where}, data[{i}]"
-            title = field(article, "title", w_article, "SQuAD")
+            title = field(article, "title", w_article, "SQuAD", str)
             for j, para in enumerate(field(article, "paragraphs", w_article, "SQuAD", list)):
                 w_para = f"{w_article}.paragraphs[{j}]"
                 context = field(para, "context", w_para, "SQuAD", str)
                 for k, qa in enumerate(field(para, "qas", w_para, "SQuAD", list)):
                     w = f"{w_para}.qas[{k}]"
-                    golds = [field(a, "text", w + ".answers", "SQuAD")
+                    golds = [field(a, "text", w + ".answers", "SQuAD", str)
                              for a in field(qa, "answers", w, "SQuAD", list)]
                     prompt = SQUAD_PROMPT.format(title=title, context=context,
-                                                 question=field(qa, "question", w, "SQuAD"))
+                                                 question=field(qa, "question", w, "SQuAD",
+                                                                str))
                     out.append(gen_example(prompt, golds, w + " (SQuAD v2's unanswerable "
                                                               "questions are not supported)"))
     return out
@@ -288,7 +306,8 @@ def parse_coqa(records, path):
         questions = field(s, "questions", where, "CoQA", list)
         answers = field(s, "answers", where, "CoQA", (list, dict))
         if isinstance(answers, dict):  # flat: the questions as strings, one gold a turn
-            texts = field(answers, "input_text", where + ", answers", "CoQA", list)
+            texts = strings(answers, "input_text", where + ", answers", "CoQA")
+            strings(s, "questions", where, "CoQA")
             if len(texts) != len(questions):
                 raise ValueError(f"{where}: {len(questions)} questions but {len(texts)} answers")
             turns = [(q, [a]) for q, a in zip(questions, texts)]
@@ -297,8 +316,9 @@ def parse_coqa(records, path):
             if any(len(x) != len(questions) for x in lists):
                 raise ValueError(f"{where}: {len(questions)} questions but answer lists of "
                                  f"lengths {[len(x) for x in lists]}")
-            turns = [(field(q, "input_text", f"{where}, turn {t + 1}", "CoQA"),
-                      [field(x[t], "input_text", f"{where}, turn {t + 1}", "CoQA") for x in lists])
+            turns = [(field(q, "input_text", f"{where}, turn {t + 1}", "CoQA", str),
+                      [field(x[t], "input_text", f"{where}, turn {t + 1}", "CoQA", str)
+                       for x in lists])
                      for t, q in enumerate(questions)]
         history = story + "\n\n"  # each turn's prompt holds the story and every earlier turn
         for t, (q, golds) in enumerate(turns):
@@ -326,15 +346,19 @@ def parse_commonsense_qa(records, path):
     for where, r in records:
         q = field(r, "question", where, "CommonsenseQA")
         if isinstance(q, dict):  # original
-            stem = field(q, "stem", where + ", question", "CommonsenseQA")
+            stem = field(q, "stem", where + ", question", "CommonsenseQA", str)
             choices = field(q, "choices", where + ", question", "CommonsenseQA", list)
-            labels, texts = [c["label"] for c in choices], [c["text"] for c in choices]
+            at = [f"{where}, question.choices[{i}]" for i in range(len(choices))]
+            labels = [field(c, "label", w, "CommonsenseQA", str) for c, w in zip(choices, at)]
+            texts = [field(c, "text", w, "CommonsenseQA", str) for c, w in zip(choices, at)]
         else:  # Hugging Face
             choices = field(r, "choices", where, "CommonsenseQA", dict)
-            stem = q
-            labels = field(choices, "label", where, "CommonsenseQA")
-            texts = field(choices, "text", where, "CommonsenseQA")
-        key = field(r, "answerKey", where, "CommonsenseQA")
+            stem = field(r, "question", where, "CommonsenseQA", str)
+            labels = strings(choices, "label", where + ", choices", "CommonsenseQA")
+            texts = strings(choices, "text", where + ", choices", "CommonsenseQA")
+            if len(labels) != len(texts):
+                raise ValueError(f"{where}: {len(labels)} choice labels but {len(texts)} texts")
+        key = field(r, "answerKey", where, "CommonsenseQA", str)
         if key not in labels:
             raise ValueError(f"{where}: answerKey {key!r} is not one of the choice labels {labels} "
                              "(an unlabeled test split? evaluate on the dev/validation file)")
@@ -405,7 +429,7 @@ def parse_hellaswag(records, path):
         ctx = (field(r, "ctx_a", where, "HellaSwag", str) + " "
                + field(r, "ctx_b", where, "HellaSwag", str).capitalize())
         label = field(r, "activity_label", where, "HellaSwag", str)
-        endings = [_hellaswag_clean(e) for e in field(r, "endings", where, "HellaSwag", list)]
+        endings = [_hellaswag_clean(e) for e in strings(r, "endings", where, "HellaSwag")]
         out.append(choice_example(_hellaswag_clean(label + ": " + ctx), endings,
                                   field(r, "label", where, "HellaSwag"), where))
     return out
@@ -454,7 +478,8 @@ def parse_webquestions(records, path):
     out = []
     for where, r in records:
         if isinstance(r, dict) and "targetValue" in r:  # original
-            answers = [a or b for a, b in WEBQ_DESCRIPTION.findall(r["targetValue"])]
+            target = field(r, "targetValue", where, "WebQuestions", str)
+            answers = [a or b for a, b in WEBQ_DESCRIPTION.findall(target)]
             question = field(r, "utterance", where, "WebQuestions", str)
         else:  # Hugging Face
             question = field(r, "question", where, "WebQuestions", str)
@@ -488,6 +513,10 @@ class Task:
     stop: str = "newline"  # at a newline; "eot": at <|endoftext|> only; "length": see answer_ids
     source: str = ""      # the official script the metric follows
     scorer: object = None  # (prediction, golds) -> dict; None: a choice task, scored by choose()
+    kind: str = "generate"  # "generate": decode, then score(); "choice": choose() by likelihood
+
+    def __post_init__(self):
+        assert (self.kind == "choice") == (self.scorer is None), self.kind
 
 
 LM_EVAL = "lm-evaluation-harness "
@@ -502,9 +531,10 @@ TASKS = {
                                                         ["dev_rand_split.jsonl"]),
                            source="exact match of the decoded answer (SQuAD normalization)",
                            scorer=score_commonsense_qa),
-    "piqa": Task(parse_piqa, "acc", (["train.jsonl"], ["valid.jsonl"]), source=LM_EVAL + "piqa"),
+    "piqa": Task(parse_piqa, "acc", (["train.jsonl"], ["valid.jsonl"]), source=LM_EVAL + "piqa",
+                 kind="choice"),
     "hellaswag": Task(parse_hellaswag, "acc", (["hellaswag_train.jsonl"], ["hellaswag_val.jsonl"]),
-                      source=LM_EVAL + "hellaswag"),
+                      source=LM_EVAL + "hellaswag", kind="choice"),
     "lambada": Task(parse_lambada, "acc", ([], ["lambada_test.jsonl"]), stop="length",
                     source=LM_EVAL + "lambada_openai", scorer=score_lambada),
     "webquestions": Task(parse_webquestions, "em", (["webquestions.examples.train.json"],
@@ -517,7 +547,7 @@ BUILTIN = {f"world:{name}": Task(None, "exact", ((), ()), source="exact string m
                                  scorer=score_exact) for name in sorted(WORLD_TASKS)}
 # commonsense_qa scored by likelihood (finetune.py --score_choices), as lm-evaluation-harness's
 # commonsense_qa scores it: the continuations are the letters " A" ... " E", trained and scored.
-CSQA_LETTERS = replace(TASKS["commonsense_qa"], metric="acc", scorer=None,
+CSQA_LETTERS = replace(TASKS["commonsense_qa"], metric="acc", scorer=None, kind="choice",
                        source=LM_EVAL + "commonsense_qa (the letters A-E, scored)")
 # Hugging Face's split names, tried after the original file names; an evaluation split prefers
 # validation/dev, since several tasks' test splits carry no labels.
@@ -548,7 +578,7 @@ def score(task, prediction, golds):
     golds = [golds] if isinstance(golds, str) else list(golds)
     if not golds:
         raise ValueError("no gold answers to compare with")
-    if task.scorer is None:
+    if task.kind == "choice":
         raise ValueError(f"{task.source} is multiple choice: pick with choose(logprobs, choices)")
     return task.scorer(prediction, golds)
 
@@ -561,7 +591,7 @@ def task_file(name, path, split):
     name = TASK_ALIASES.get(name, name)
     if not os.path.isdir(path):
         raise ValueError(f"task data {path!r} not found; download it with "
-                         f"`python prepare.py task {name} --out DIR` and pass --data DIR")
+                         f"`python -m tools.prepare task {name} --out DIR` and pass --data DIR")
     original = get_task(name).files[split == "test"]
     names = [n + gz for n in original for gz in EXTENSIONS[0]]
     names += [s + ext for s in HF_SPLITS[split == "test"] for ext in EXTENSIONS[1]]
@@ -574,21 +604,38 @@ def task_file(name, path, split):
                      + (hint if name == "lambada" else ""))
 
 
-def check_data(name, data, eval_data):
-    """A ValueError naming the flag when finetune.py's --data (a DIR, or the training FILE) and
-    --eval_data do not fit task `name`. A model is never scored on its own training data."""
-    data_file = os.path.isfile(data)
-    for wrong, message in [
-            (name in BUILTIN and (data or eval_data), "--data and --eval_data are for the real "
-             f"tasks; {name} is generated"),
-            (name in TASKS and not data, f"--task {name} needs --data DIR (after `python "
-             f"prepare.py task {name} --out DIR`), or --data FILE --eval_data FILE"),
-            (data_file and not eval_data, f"--data {data} is a file, the training split: give the "
-             "evaluation split with --eval_data FILE"),
-            (data_file and os.path.isfile(eval_data) and os.path.samefile(data, eval_data),
-             f"--eval_data {eval_data} is the training file")]:
-        if wrong:
-            raise ValueError(message)
+def check_data(name, data, eval_data, train=True):
+    """A UserError naming the flag when finetune.py's --data (a DIR, or the training FILE) and
+    --eval_data do not fit task `name`. train: whether the run finetunes; an evaluation-only run
+    needs the evaluation split alone. The evaluation file is never the training file, however
+    its path is spelled (relative, absolute, through a symlink)."""
+    if name in BUILTIN:
+        require(not (data or eval_data), f"--data and --eval_data are for the real tasks; "
+                f"{name} is generated")
+        return
+    require(data or (eval_data and not train), f"--task {name} needs --data DIR (after "
+            f"`python -m tools.prepare task {name} --out DIR`), or --data FILE --eval_data "
+            "FILE; an evaluation-only run (--max_steps 0) needs only --eval_data FILE")
+    require(eval_data or not os.path.isfile(data), f"--data {data} is a file, the training "
+            "split: give the evaluation split with --eval_data FILE")
+    require(not eval_data or os.path.exists(eval_data), f"--eval_data {eval_data} does not "
+            "exist")
+    if not train:
+        return
+    try:
+        train_file = task_file(name, data, "train")
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    same = eval_data and os.path.isfile(eval_data) and os.path.samefile(train_file, eval_data)
+    require(not same, f"--eval_data {eval_data} is the training file ({train_file}); a model "
+            "is never scored on the examples it was finetuned on")
+
+
+def shared_examples(train, evaluation):
+    """How many evaluation examples are also training examples, prompt and answer alike (a copy
+    of the training file under another name shares all of them)."""
+    seen = {(e["prompt"], e["target"]) for e in train}
+    return sum((e["prompt"], e["target"]) in seen for e in evaluation)
 
 
 def load_task(name, path=None, split="test", n=-1, seed=0):
@@ -608,7 +655,7 @@ def load_task(name, path=None, split="test", n=-1, seed=0):
                 for e in examples]
     if not path:
         raise ValueError(f"task {name!r} needs its files: --data DIR "
-                         f"(after `python prepare.py task {name} --out DIR`)")
+                         f"(after `python -m tools.prepare task {name} --out DIR`)")
     file = task_file(name, path, split)
     examples = task.parse(read_records(file), file)
     if not examples:

@@ -1,7 +1,7 @@
-"""finetune.py against plain twins: rows with pauses and left-cut prompts, batched choice scoring
-against a per-choice loop, batched pause-inference against plain greedy decoding one prompt at a
-time, two-process DDP against one process; tiny finetuning runs, and bad input refused before any
-step."""
+"""finetune.py and its evaluation (tasks/evaluate.py) against plain twins: rows with pauses and
+left-cut prompts, batched choice scoring against a per-choice loop, batched pause-inference against
+plain greedy decoding one prompt at a time, two-process DDP against one process; tiny finetuning
+runs, and bad input refused before any step. The fault campaign is in test_finetune_faults.py."""
 import json
 import os
 import socket
@@ -20,11 +20,13 @@ from tools import checkpoint
 from tools.checkpoint import save_checkpoint
 from tools.export import export_hf
 from data import get_tokenizer
-from finetune import FinetuneConfig, eval_inputs, evaluate, training_rows
+from finetune import FinetuneConfig, training_rows
 from model import GPT, GPTConfig
 from pause import finetune_example
 from tasks import BUILTIN, TASKS
-from tools.common import UserError
+from tasks.evaluate import (choice_inputs, generate_answers, generate_inputs, score_choices,
+                            sum_logprobs)
+from tools.common import UserError, parse_config
 
 TOK = get_tokenizer("byte")
 P = TOK.pause_id
@@ -52,11 +54,18 @@ def save_tiny_ckpt(path, pause_frac=0.0, vocab_size=TOK.vocab_size, seed=0, bloc
 
 
 def run_eval(model, examples, task, num_pauses, where="append", filler=None, max_new=8,
-             batch_size=16, by_choice=False):
-    inputs = eval_inputs(examples, task, TOK, model.config.block_size, num_pauses, where, filler,
-                         max_new, by_choice)
-    records = evaluate(model, TOK, task, examples, inputs, 0 if filler else num_pauses, where,
-                       batch_size)
+             batch_size=16):
+    """finetune.py's evaluation: one of the two paths, by the kind of the task."""
+    block_size, delay = model.config.block_size, P if filler is None else filler
+    if task.kind == "choice":
+        inputs = choice_inputs(examples, TOK, block_size, num_pauses, delay, where)
+        records = score_choices(model, TOK, examples, inputs, batch_size, nullcontext())
+    else:
+        inputs = generate_inputs(examples, task, TOK, block_size, num_pauses, delay, where,
+                                 max_new, filler is not None)
+        records = generate_answers(model, TOK, task, examples, inputs,
+                                   0 if filler else num_pauses, where, batch_size, nullcontext())
+    assert len(records) == len(examples)  # one record per example, in order
     return records, sum(r["cut"] for r in records)
 
 
@@ -109,8 +118,7 @@ def test_choice_scoring_equals_a_plain_per_choice_loop(num_pauses, where, filler
                 {"prompt": "Pick one:", "choices": [" yes", " no"], "label": 1},
                 {"prompt": "A long context. " * 10 + "End:",
                  "choices": [" Ünïcödé", " ascii only"], "label": 0}]
-    records, cut = run_eval(model, examples, TASKS["piqa"], num_pauses, where, filler, batch_size=3,
-                            by_choice=True)
+    records, cut = run_eval(model, examples, TASKS["piqa"], num_pauses, where, filler, batch_size=3)
     assert cut == 1  # the third prompt (160 bytes) is cut to fit the context of 64
     for ex, rec in zip(examples, records):
         choices = [list(c.encode()) for c in ex["choices"]]
@@ -132,7 +140,7 @@ def test_choice_scoring_equals_a_plain_per_choice_loop(num_pauses, where, filler
         # the batched sums themselves (rows of several lengths, right-padded together)
         rows = [finetune_example(prefix if filler else prompt, c, 0 if filler else num_pauses, P,
                                  where) for c in choices]
-        batched = finetune.sum_logprobs(model, rows, TOK.eot_id, P, 2, nullcontext())
+        batched = sum_logprobs(model, rows, TOK.eot_id, P, 2, nullcontext())
         assert batched == pytest.approx(sums, abs=1e-4)
 
 
@@ -211,8 +219,7 @@ def test_gsm8k_decodes_past_newlines_and_lambada_exactly_the_targets_length(digi
     examples = [{"prompt": p, "answers": [w], "target": " " + w} for p, w in
                 [("12+3=", "15\n7+1=8"), ("7+1", "=8"), ("1", "2+3=15\n7")]]
     task = TASKS["lambada"]
-    inputs = eval_inputs(examples, task, TOK, 64, 0, "append", None, 9, False)
-    records = evaluate(digit_model, TOK, task, examples, inputs, 0, batch_size=3)
+    records, _ = run_eval(digit_model, examples, task, 0, max_new=9, batch_size=3)
     for ex, rec in zip(examples, records):
         n = len(ex["target"].encode())
         new = plain_greedy(digit_model, list(ex["prompt"].encode()), n, ())
@@ -255,15 +262,18 @@ def test_finetune_loss_falls_and_results_are_written(tmp_path, capsys):
     assert finetune.finetune(again, progress=False)[1]["num_examples"] == 20
 
 
-def squad_dir(tmp_path, n, words=30):
-    rows = [{"id": str(i), "title": "T", "question": f"Question {i}?",
+def squad_rows(n, split, words=30):
+    return [{"id": str(i), "title": "T", "question": f"{split} question {i}?",
              "context": f"Fact {i}: " + "ünïcode context words " * words,
              "answers": {"text": ["yes", "yes", "Yes."], "answer_start": [0, 0, 0]}}
             for i in range(n)]
+
+
+def squad_dir(tmp_path, n, words=30):
     os.makedirs(tmp_path / "data" / "squad", exist_ok=True)
     for split in ("train", "validation"):
         with open(tmp_path / "data" / "squad" / f"{split}.jsonl", "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
+            f.writelines(json.dumps(r) + "\n" for r in squad_rows(n, split, words))
     return str(tmp_path / "data")
 
 
@@ -292,6 +302,46 @@ def test_finetune_on_a_real_task_counts_cut_prompts_and_reports_every_metric(tmp
     assert "on 3 examples (a random subset, --data_seed 1; 3 of them" in capsys.readouterr().out
 
 
+def test_evaluation_only_runs_need_no_training_file_and_name_the_model_it_carries(tmp_path):
+    data = squad_dir(tmp_path, 4, words=2)
+    eval_file = os.path.join(data, "squad", "validation.jsonl")
+    ckpt = save_tiny_ckpt(tmp_path / "c.pt", pause_frac=0.1)
+    for m_ft, name in [(3, "PausePT_PauseFT"), (0, "PausePT_StdFT")]:
+        ft = FinetuneConfig(ckpt=ckpt, task="squad", data=data, num_pauses=m_ft, max_steps=2,
+                            batch_size=2, max_new_tokens=6, out_dir=str(tmp_path / f"ft{m_ft}"),
+                            save=True)
+        _, trained = finetune.finetune(ft, progress=False)
+        finetuned = str(tmp_path / f"ft{m_ft}" / "ckpt.pt")
+        # the finetuned model as it is, from the evaluation file alone, on the command line;
+        # M_inf defaults to the model's own M_ft, whatever --num_pauses says
+        out = tmp_path / f"ev{m_ft}"
+        finetune.main(["--ckpt", finetuned, "--task", "squad", "--eval_data", eval_file,
+                       "--max_steps", "0", "--max_new_tokens", "6", "--out_dir", str(out)])
+        results = json.load(open(out / "results.json"))
+        assert results["config"] == name == trained["config"]
+        assert results["num_pauses"] == results["num_pauses_eval"] == m_ft
+        assert results["train_examples"] == 0 and results["steps"] == 0
+        # the same scores as the finetuning run's own evaluation of that model
+        assert results["metrics"] == trained["metrics"]
+        assert results["answer_loss"] == pytest.approx(trained["answer_loss"], abs=1e-6)
+        predictions = [open(d / "predictions.jsonl").read() for d in (out, tmp_path / f"ft{m_ft}")]
+        assert predictions[0] == predictions[1]
+    # --data DIR that holds the evaluation split only
+    only = tmp_path / "only" / "squad"
+    only.mkdir(parents=True)
+    (only / "validation.jsonl").write_bytes(open(eval_file, "rb").read())
+    cfg = FinetuneConfig(ckpt=finetuned, task="squad", data=str(tmp_path / "only"), max_steps=0,
+                         num_pauses_eval=2, out_dir=str(tmp_path / "ev_dir"))
+    cfg.check()
+    _, results = finetune.finetune(cfg, progress=False)
+    assert results["config"] == "PausePT_StdFT" and results["num_pauses_eval"] == 2
+    # without training answers, the decoding room comes from the evaluation answers: " yes\n" + 2
+    assert results["max_new_tokens"] == len(b" yes\n") + 2
+    # a training run still needs its training split
+    with pytest.raises(UserError, match="no train file for squad"):
+        replace(cfg, max_steps=1).check()
+
+
 def test_commonsense_qa_with_score_choices_is_trained_and_scored_on_the_letters(tmp_path):
     os.makedirs(tmp_path / "commonsense_qa")
     choices = [{"label": lab, "text": t} for lab, t in zip("ABCDE", "ant bee cat dog elk".split())]
@@ -313,16 +363,21 @@ def test_commonsense_qa_with_score_choices_is_trained_and_scored_on_the_letters(
 
 def test_init_from_a_gpt2_directory_is_stdpt(tmp_path):
     ckpt = save_tiny_ckpt(tmp_path / "g.pt", vocab_size=get_tokenizer("gpt2").vocab_size,
-                          tokenizer="gpt2", pause_frac=0.1)
+                          tokenizer="gpt2")
     export_hf(ckpt, tmp_path / "hf")  # a directory in the Hugging Face GPT-2 layout
     cfg = FinetuneConfig(init_from=str(tmp_path / "hf"), task="world:add", n_train=16, n_eval=4,
-                         num_pauses=2, max_steps=0, out_dir=str(tmp_path / "ft"), save=True)
+                         num_pauses=2, max_steps=0, out_dir=str(tmp_path / "ev"))
     model, results = finetune.finetune(cfg, progress=False)
-    assert results["config"] == "StdPT_PauseFT" and results["pause_frac"] == 0.0  # GPT-2: no pauses
+    # evaluated as it is: a StdPT model that no finetuning has touched
+    assert results["config"] == "StdPT" and results["pause_frac"] == 0.0
+    assert results["num_pauses"] is None and results["num_pauses_eval"] == 2
     assert results["init_from"] == str(tmp_path / "hf") and results["ckpt"] == ""
     x = torch.tensor([[464, 3290, 50257, 318]])  # with the pause id
     original = tiny_model(0, vocab_size=50258).eval()
     torch.testing.assert_close(model(x)[0], original(x)[0])  # no step: GPT-2's weights as loaded
+    cfg = replace(cfg, max_steps=1, batch_size=4, save=True, out_dir=str(tmp_path / "ft"))
+    _, results = finetune.finetune(cfg, progress=False)
+    assert results["config"] == "StdPT_PauseFT" and results["num_pauses"] == 2
     saved = torch.load(tmp_path / "ft" / "ckpt.pt", weights_only=True)
     assert (saved["tokenizer"], saved["pause_id"], saved["pause_frac"]) == ("gpt2", 50257, 0.0)
 
@@ -379,28 +434,46 @@ def no_training(monkeypatch):
     monkeypatch.setattr(finetune, "lr_at", step)
 
 
-def refused(argv, match, capsys=None):
+def refused(argv, match, capsys):
+    """finetune.main(argv) exits non-zero with one line (argparse's, or main's) holding match."""
     with pytest.raises(SystemExit) as e:
         finetune.main(argv)
-    message = str(e.value.code) + (capsys.readouterr().err if capsys else "")
-    assert match in message, message
+    code = e.value.code
+    err = capsys.readouterr().err
+    # main's own line, or argparse's last line (after its usage text)
+    message = code if isinstance(code, str) else err.strip().splitlines()[-1]
+    assert code not in (0, None) and match in message, message
+    assert "\n" not in message and "Traceback" not in err + message
+    assert message.startswith(("finetune.py: error: ", "__main__.py: error: ", "pytest: error: "))
+    return message
 
 
 def test_command_line_choices_and_required_model(tmp_path, capsys):
     refused(["--ckpt", "x.pt", "--task", "mmlu"],
             "invalid choice: 'mmlu' (choose from 'gsm8k', 'squad'", capsys)
     refused(["--ckpt", "x.pt", "--where", "middle"], "invalid choice: 'middle'", capsys)
-    refused(["--task", "world:add"], "give exactly one pretrained model: --ckpt")
-    refused(["--ckpt", "x.pt", "--init_from", "gpt2"], "give exactly one pretrained model")
+    refused(["--task", "world:add"], "give exactly one pretrained model: --ckpt", capsys)
+    refused(["--ckpt", "x.pt", "--init_from", "gpt2"], "give exactly one pretrained model", capsys)
     refused(["--ckpt", str(tmp_path / "missing.pt"), "--task", "world:add",
-             "--out_dir", str(tmp_path / "o")], "python train.py")
-    cfg = finetune.parse_args(["--ckpt", "x.pt", "--num_pauses", "0", "--where", "prepend"])
+             "--out_dir", str(tmp_path / "o")], "python train.py", capsys)
+    cfg = parse_config(FinetuneConfig, "", ["--ckpt", "x.pt", "--num_pauses", "0",
+                                            "--where", "prepend"], finetune.CHOICES)
     assert cfg.num_pauses == 0 and cfg.where == "prepend" and cfg.num_pauses_eval == -1
     assert cfg.n_train == cfg.n_eval == -1  # the task's default: the whole split, or 4000/200 made
     with pytest.raises(SystemExit):  # --help lists every flag with its text and its choices
-        finetune.parse_args(["--help"])
+        finetune.main(["--help"])
     out = capsys.readouterr().out
     assert "--overwrite" in out and "world:add" in out and "M_inf" in out
+
+
+def test_the_configuration_is_checked_once(tmp_path, monkeypatch):
+    calls = []
+    check = FinetuneConfig.check
+    monkeypatch.setattr(FinetuneConfig, "check", lambda cfg: calls.append(1) or check(cfg))
+    finetune.main(["--ckpt", save_tiny_ckpt(tmp_path / "c.pt"), "--task", "world:add",
+                   "--n_train", "8", "--n_eval", "2", "--max_steps", "1", "--batch_size", "4",
+                   "--out_dir", str(tmp_path / "o")])
+    assert calls == [1] and (tmp_path / "o" / "results.json").exists()
 
 
 @pytest.mark.parametrize("flags,match", [
@@ -412,41 +485,65 @@ def test_command_line_choices_and_required_model(tmp_path, capsys):
     (["--batch_size", "0"], "--batch_size must be >= 1"),
     (["--log_interval", "0"], "--log_interval must be >= 1"),
     (["--seed", "-1"], "--seed must be >= 0"),
-    (["--n_eval", "0"], "--n_train and --n_eval are -1 (the task's default) or >= 1"),
-    (["--n_train", "-2"], "--n_train must be >= -1"),
+    (["--n_eval", "0"], "--n_eval is -1 (the task's default) or >= 1"),
+    (["--n_train", "-2"], "--n_train is -1 (the task's default) or >= 1"),
     (["--lr", "0"], "--lr must be > 0"),
+    (["--min_lr", "0.1", "--lr", "0.01"], "--min_lr 0.1 is above --lr 0.01"),
     (["--filler", "ab"], "--filler 'ab' must be one token"),
+    (["--max_steps", "0", "--save"], "--save with --max_steps 0"),
 ])
-def test_bad_settings_stop_before_any_step(tmp_path, no_training, flags, match):
+def test_bad_settings_stop_before_any_step(tmp_path, no_training, capsys, flags, match):
     ckpt = save_tiny_ckpt(tmp_path / "c.pt")
     refused(["--ckpt", ckpt, "--task", "world:add", "--n_train", "8", "--n_eval", "4",
-             "--out_dir", str(tmp_path / "o"), "--save", *flags], match)
+             "--out_dir", str(tmp_path / "o"), "--save", *flags], match, capsys)
     assert not os.path.exists(tmp_path / "o")  # nothing written, not even the log
 
 
-def test_foreign_files_and_devices_are_refused_saying_what_was_found(tmp_path, no_training):
+def test_foreign_files_and_devices_are_refused_saying_what_was_found(tmp_path, no_training,
+                                                                     capsys):
     base = ["--task", "world:add", "--out_dir", str(tmp_path / "o")]
     torch.save(tiny_model().state_dict(), tmp_path / "weights.pt")  # a bare state_dict
-    refused(["--ckpt", str(tmp_path / "weights.pt"), *base], "found a dict with the keys")
+    refused(["--ckpt", str(tmp_path / "weights.pt"), *base], "found a dict with the keys", capsys)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
-    refused(["--ckpt", str(tmp_path / "junk.pt"), *base], "expected a ckpt.pt written by train.py")
+    refused(["--ckpt", str(tmp_path / "junk.pt"), *base], "expected a ckpt.pt written by train.py",
+            capsys)
     if not torch.cuda.is_available():
-        refused(["--ckpt", str(tmp_path / "junk.pt"), "--device", "cuda", *base], "no CUDA GPU")
+        refused(["--ckpt", str(tmp_path / "junk.pt"), "--device", "cuda", *base], "no CUDA GPU",
+                capsys)
     (tmp_path / "file").write_text("")
     refused(["--ckpt", save_tiny_ckpt(tmp_path / "c.pt"), "--task", "world:add", "--out_dir",
-             str(tmp_path / "file")], "is a file; name a directory")
+             str(tmp_path / "file")], "is a file; name a directory", capsys)
+    assert not os.path.exists(tmp_path / "o")
 
 
-def test_training_data_is_never_the_evaluation_data(tmp_path, no_training):
+def test_training_data_is_never_the_evaluation_data(tmp_path, no_training, capsys, monkeypatch):
     data = squad_dir(tmp_path, 3)
     train_file = os.path.join(data, "squad", "train.jsonl")
     base = ["--ckpt", save_tiny_ckpt(tmp_path / "c.pt"), "--task", "squad",
             "--out_dir", str(tmp_path / "o")]
-    refused([*base, "--data", train_file], "give the evaluation split with --eval_data FILE")
-    refused([*base, "--data", train_file, "--eval_data", train_file], "is the training file")
-    refused([*base], "--task squad needs --data DIR")
-    refused(["--ckpt", "c.pt", "--task", "world:add", "--data", data], "are for the real tasks")
-    refused([*base, "--data", data, "--score_choices"], "--score_choices is for commonsense_qa")
+    refused([*base, "--data", train_file], "give the evaluation split with --eval_data FILE",
+            capsys)
+    refused([*base, "--data", train_file, "--eval_data", train_file], "is the training file",
+            capsys)
+    refused([*base], "--task squad needs --data DIR", capsys)
+    refused(["--ckpt", "c.pt", "--task", "world:add", "--data", data], "are for the real tasks",
+            capsys)
+    refused([*base, "--data", data, "--score_choices"], "--score_choices is for commonsense_qa",
+            capsys)
+    # --data DIR: its own training file, however the path is spelled, is refused by name
+    os.symlink(train_file, tmp_path / "link.jsonl")
+    monkeypatch.chdir(tmp_path)
+    for spelling in (train_file, os.path.relpath(train_file), str(tmp_path / "link.jsonl"),
+                     "data/squad/../squad/train.jsonl"):
+        refused([*base, "--data", data, "--eval_data", spelling], "is the training file", capsys)
+        refused([*base, "--data", "data", "--eval_data", spelling], "is the training file", capsys)
+    # ... and so is a copy of it, found by its content
+    copy = tmp_path / "copy.jsonl"
+    copy.write_bytes(open(train_file, "rb").read())
+    message = refused([*base, "--data", data, "--eval_data", str(copy)], "3 of the 3 evaluation "
+                      "examples are training examples too", capsys)
+    assert "--eval_data" in message
+    assert not os.path.exists(tmp_path / "o")
 
 
 def test_an_earlier_run_is_replaced_only_with_overwrite(tmp_path, capsys):
@@ -455,14 +552,19 @@ def test_an_earlier_run_is_replaced_only_with_overwrite(tmp_path, capsys):
                          save=True)
     finetune.finetune(cfg, progress=False)
     before = (tmp_path / "ft" / "results.json").read_bytes()
-    with pytest.raises(UserError, match="holds results.json and ckpt.pt of an earlier run") as e:
-        finetune.finetune(replace(cfg, seed=1), progress=False)
+    with pytest.raises(UserError, match="holds metrics.jsonl and predictions.jsonl and ckpt.pt "
+                                        "and results.json of an earlier run") as e:
+        replace(cfg, seed=1).check()
     assert "--overwrite" in str(e.value)
+    with pytest.raises(UserError, match="of an earlier run"):  # checked again under the lock
+        finetune.finetune(replace(cfg, seed=1), progress=False)
     assert (tmp_path / "ft" / "results.json").read_bytes() == before
     _, results = finetune.finetune(replace(cfg, seed=1, overwrite=True, save=False), progress=False)
     assert json.load(open(tmp_path / "ft" / "results.json"))["seed"] == 1
     assert not os.path.exists(tmp_path / "ft" / "ckpt.pt")  # the earlier model is not this one
     assert "removed" in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path / "ft")) == ["metrics.jsonl", "predictions.jsonl",
+                                                   "results.json"]
 
 
 def test_a_non_finite_loss_stops_naming_the_step_and_saves_nothing(tmp_path):
@@ -472,12 +574,14 @@ def test_a_non_finite_loss_stops_naming_the_step_and_saves_nothing(tmp_path):
     cfg = FinetuneConfig(ckpt=save_tiny_ckpt(tmp_path / "c.pt"), task="world:add", n_train=32,
                          n_eval=2, max_steps=5, batch_size=8, lr=1e30, warmup_steps=0,
                          log_interval=1, out_dir=str(out), save=True, overwrite=True)
-    with pytest.raises(UserError, match=r"step \d: the loss .* not finite.*lower --lr 1e\+30"):
+    with pytest.raises(UserError, match=r"step \d: the loss .* not finite.*lower --lr 1e\+30 "
+                                        r"\(the log so far: .*\.unfinished/metrics\.jsonl\)"):
         finetune.finetune(cfg, progress=False)
     assert (out / "ckpt.pt").read_bytes() == b"the last good model"
-    assert not (out / "results.json").exists()
+    assert not (out / "results.json").exists() and not (out / "metrics.jsonl").exists()
 
     def no_nan(name):
         raise AssertionError(f"{name} in metrics.jsonl")
-    rows = [json.loads(line, parse_constant=no_nan) for line in open(out / "metrics.jsonl")]
+    log = out / finetune.UNFINISHED / "metrics.jsonl"
+    rows = [json.loads(line, parse_constant=no_nan) for line in open(log)]
     assert rows and all(r["step"] < 5 for r in rows)

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from data import get_tokenizer
+import tasks
 from tasks import (BUILTIN, CSQA_LETTERS, TASK_FILES, TASKS, answer_ids, as_letters, choose,
                    get_task, load_task, normalize_answer, score, stop_ids, task_file)
 
@@ -454,8 +455,70 @@ def test_wrong_format_names_file_line_and_field(tmp_path):
         load_task("nq_open", write_jsonl(tmp_path / "n.jsonl", [{"question": "q", "answer": "a"}]))
     with pytest.raises(ValueError, match=r"w\.jsonl, line 1: every gold answer should be a str"):
         load_task("nq_open", write_jsonl(tmp_path / "w.jsonl", [{"question": "q", "answer": [3]}]))
-    with pytest.raises(ValueError, match="python prepare.py task squad"):
+    with pytest.raises(ValueError, match="python -m tools.prepare task squad"):
         load_task("squad", str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="the file is empty"):
         (tmp_path / "e.jsonl").write_text("")
         load_task("nq_open", str(tmp_path / "e.jsonl"))
+
+
+# Nested fields of the wrong kind: each refused with a ValueError that names the file, the line
+# and the field, where a KeyError, TypeError or AttributeError (or a silent str() of a list in
+# the prompt) came before.
+CSQA_CHOICES = [{"label": "A", "text": "ant"}, {"label": "B", "text": "bee"}]
+NESTED = [
+    ("commonsense_qa", {"question": {"stem": "q", "choices": [{"label": "A"}, CSQA_CHOICES[1]]},
+                        "answerKey": "A"}, r"line 1, question.choices\[0\]: field 'text'"),
+    ("commonsense_qa", {"question": {"stem": "q", "choices": ["ant", "bee"]}, "answerKey": "A"},
+     r"line 1, question.choices\[0\]: expected a JSON object"),
+    ("commonsense_qa", {"question": {"stem": ["q"], "choices": CSQA_CHOICES}, "answerKey": "A"},
+     r"line 1, question: field 'stem' .* should be a str"),
+    ("commonsense_qa", {"question": "q", "choices": {"label": ["A", "B"], "text": ["ant", 2]},
+                        "answerKey": "A"}, r"line 1, choices: text\[1\] .* should be a string"),
+    ("hellaswag", {"ctx_a": "a", "ctx_b": "b", "activity_label": "x", "endings": [1, 2, 3, 4],
+                   "label": 0}, r"line 1: endings\[0\] .* should be a string"),
+    ("piqa", {"goal": "g", "sol1": "a", "sol2": "b", "label": 1.5}, r"line 1: label 1.5"),
+    ("piqa", {"goal": "g", "sol1": "a", "sol2": "b", "label": True}, r"line 1: label True"),
+    ("squad", {"title": ["T"], "context": "c", "question": "q", "answers": {"text": ["a"]}},
+     r"line 1: field 'title' .* should be a str"),
+    ("squad", {"data": [{"title": "T", "paragraphs": [{"context": "c", "qas": [
+        {"question": ["q"], "answers": [{"text": "a"}]}]}]}]},
+     r"line 1, data\[0\].paragraphs\[0\].qas\[0\]: field 'question' .* should be a str"),
+    ("coqa", {"story": "s", "questions": [["q"]], "answers": {"input_text": ["a"]}},
+     r"line 1: questions\[0\] .* should be a string"),
+    ("webquestions", {"utterance": "q", "targetValue": ["(list (description a))"]},
+     r"line 1: field 'targetValue' .* should be a str"),
+]
+
+
+@pytest.mark.parametrize("name,record,where", NESTED)
+def test_nested_fields_are_checked_naming_file_line_and_field(tmp_path, name, record, where):
+    path = write_jsonl(tmp_path / "t.jsonl", [record])
+    with pytest.raises(ValueError, match=r"t\.jsonl, " + where):
+        load_task(name, path)
+
+
+def test_a_truncated_gzip_file_is_named(tmp_path):
+    path = write_jsonl(tmp_path / "g.jsonl.gz", GSM * 50, gz=True)
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[:len(data) // 2])
+    with pytest.raises(ValueError, match=r"g\.jsonl\.gz: a truncated or damaged gzip file"):
+        load_task("gsm8k", path)
+
+
+def test_shared_examples_counts_evaluation_examples_seen_in_training():
+    train = [{"prompt": f"q{i}", "target": f" a{i}"} for i in range(5)]
+    evaluation = [{"prompt": "q1", "target": " a1"}, {"prompt": "q1", "target": " other"},
+                  {"prompt": "new", "target": " a2"}, {"prompt": "q4", "target": " a4"}]
+    assert tasks.shared_examples(train, evaluation) == 2  # the same prompt and answer only
+    assert tasks.shared_examples(train, train) == 5
+    assert tasks.shared_examples([], evaluation) == 0
+
+
+def test_every_task_says_its_kind():
+    kinds = {name: task.kind for name, task in TASKS.items()}
+    assert {n for n, k in kinds.items() if k == "choice"} == {"piqa", "hellaswag"}
+    assert CSQA_LETTERS.kind == "choice" and TASKS["commonsense_qa"].kind == "generate"
+    assert all(task.kind == "generate" for task in BUILTIN.values())
+    with pytest.raises(ValueError, match="multiple choice"):
+        score(TASKS["piqa"], "x", ["x"])
