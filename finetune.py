@@ -36,10 +36,11 @@ import tasks
 from tasks.evaluate import (answer_rows, choice_inputs, gather, generate_answers,
                             generate_inputs, pad_rows, score_choices)
 from tools import gpt2
-from tools.checkpoint import load_model, read_checkpoint, save_checkpoint
+from tools.checkpoint import load_pretrained, save_checkpoint
 from tools.common import (UserError, append_jsonl, atomic_write, check_ranges, cleanup_ddp,
                           json_safe, lr_at, own_run_dir, parse_config, require,
-                          resolve_device, resolve_dtype, setup_ddp, write_json)
+                          require_writable_dir, resolve_device, resolve_dtype, setup_ddp,
+                          write_json)
 
 M_FT = "--num_pauses (M_ft)"
 # What a run writes, results.json last: it marks a complete run.
@@ -114,7 +115,7 @@ class FinetuneConfig:
                 "would save the model unchanged; it is the one given already")
         tasks.check_data(self.task, self.data, self.eval_data, self.max_steps > 0)
         resolve_device(self.device)  # a GPU on a machine without one is refused
-        check_out_dir(self.out_dir)
+        require_writable_dir(self.out_dir, "--out_dir")
         mine = os.path.join(self.out_dir, "ckpt.pt")
         require(not (self.save and same_file(self.ckpt, mine)), f"--save would "
                 f"replace --ckpt {self.ckpt}, this run's input; give another --out_dir")
@@ -129,21 +130,6 @@ class FinetuneConfig:
 def same_file(a, b):
     both = bool(a) and os.path.exists(a) and os.path.exists(b)
     return both and os.path.samefile(a, b)
-
-
-def check_out_dir(path, flag="--out_dir"):
-    """Refuse a directory that this run could not create or write."""
-    require(path.strip() != "", f"{flag} is empty; name a directory")
-    folder = path
-    while not os.path.exists(folder):
-        if os.path.islink(folder):
-            raise UserError(f"{flag} {path}: {folder} is a symlink to "
-                            f"{os.readlink(folder)}, which does not exist")
-        folder = os.path.dirname(os.path.abspath(folder))
-    require(os.path.isdir(folder), f"{flag} {path}: {folder} is a file; name a "
-            "directory")
-    require(os.access(folder, os.W_OK | os.X_OK), f"{flag} {path}: {folder} is "
-            "not writable (read-only, or another user's); choose another")
 
 
 def check_earlier_run(cfg):
@@ -218,19 +204,6 @@ def load_examples(cfg, split):
     return examples, n == -1
 
 
-def carried_m_ft(cfg):
-    """M_ft of the model's own finetuning (None: not finetuned): from the
-    finetune_config of finetune.py's checkpoint, or an export's config.json."""
-    if cfg.ckpt:
-        finetuned = read_checkpoint(cfg.ckpt).get("finetune_config") or {}
-        return finetuned.get("num_pauses")
-    config = os.path.join(cfg.init_from, "config.json")
-    if not os.path.isfile(config):  # a GPT-2 name: StdPT, not finetuned
-        return None
-    with open(config) as f:
-        return json.load(f).get("num_pauses")
-
-
 def config_name(pause_frac, m_ft, cfg):
     """The paper's name of the configuration (M_ft None: not finetuned), with the
     ablations' marks."""
@@ -266,7 +239,8 @@ def run(cfg, rank, world_size, device, run_dir, progress):
     if cfg.score_choices:
         task = tasks.CSQA_LETTERS
     torch.manual_seed(cfg.seed)
-    model, tok, pause_frac = load_model(cfg.ckpt, cfg.init_from, device)
+    model, tok, carried = load_pretrained(cfg.ckpt, cfg.init_from, device)
+    pause_frac = carried["pause_frac"]
     block_size = model.config.block_size
     filler = tok.encode(cfg.filler)
     require(not cfg.filler or len(filler) == 1, f"--filler {cfg.filler!r} must be one "
@@ -283,7 +257,7 @@ def run(cfg, rank, world_size, device, run_dir, progress):
     if shared and master:
         print(f"note: {of_eval} are word for word training examples too")
     # M_ft: this run's; for an evaluation-only run, the model's own (None: not finetuned)
-    m_ft = cfg.num_pauses if trains else carried_m_ft(cfg)
+    m_ft = cfg.num_pauses if trains else carried["num_pauses"]
     m_inf = cfg.num_pauses_eval
     if m_inf < 0:
         m_inf = cfg.num_pauses if m_ft is None else m_ft

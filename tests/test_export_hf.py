@@ -1,8 +1,5 @@
 """The export as transformers and lm-evaluation-harness use it. Neither is a dependency of this
 project: each test is skipped where they are not installed."""
-import glob
-import json
-import os
 from contextlib import nullcontext
 from pathlib import Path
 

@@ -512,7 +512,7 @@ def test_foreign_files_and_devices_are_refused_saying_what_was_found(tmp_path, n
                 capsys)
     (tmp_path / "file").write_text("")
     refused(["--ckpt", save_tiny_ckpt(tmp_path / "c.pt"), "--task", "world:add", "--out_dir",
-             str(tmp_path / "file")], "is a file; name a directory", capsys)
+             str(tmp_path / "file")], "is a file, not a directory", capsys)
     assert not os.path.exists(tmp_path / "o")
 
 

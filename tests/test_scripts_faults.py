@@ -210,7 +210,7 @@ def test_prepare_input_directory_and_output_locations_are_refused(tmp_path, caps
     (tmp_path / "file").write_text("x")
     os.symlink(tmp_path / "nowhere", tmp_path / "dangling")
     for out, words in (("", "--out is empty"), (tmp_path / "file", "is a file"),
-                       (tmp_path / "dangling", "symbolic link to")):
+                       (tmp_path / "dangling", "is a symlink to")):
         before = snapshot(tmp_path)
         said = refusal(capsys, lambda a: prepare_main(*a), ["--input", src, "--out", out])
         assert words in said and snapshot(tmp_path) == before

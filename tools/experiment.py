@@ -60,8 +60,7 @@ from model import GPT, GPTConfig
 from tasks import BUILTIN, TASKS
 from tools.checkpoint import checkpoint_kind, read_checkpoint
 from tools.common import (UserError, check_ranges, config_parser, lr_at, own_run_dir, require,
-                          resolve_device, write_json)
-from tools.prepare import require_output_dir
+                          require_writable_dir, resolve_device, write_json)
 
 TOK = get_tokenizer("byte")
 EOT, PAUSE_ID, DOT = TOK.eot_id, TOK.pause_id, TOK.encode(".")[0]
@@ -126,7 +125,7 @@ class ExperimentConfig:
         require(self.n_train >= 1 or self.n_train == -1,
                 f"--n_train must be >= 1, or -1 for all, got {self.n_train}")
         resolve_device(self.device)  # an unknown device, or cuda on a machine without one
-        require_output_dir(self.out_dir, "--out_dir")
+        require_writable_dir(self.out_dir, "--out_dir")
         if self.task == "count":
             self.check_count()
             return

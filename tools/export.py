@@ -23,14 +23,14 @@ tokenizer reads them as plain text. That is how a prompt template puts M_inf pau
 """
 import json
 import os
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from data import EOT, PAUSE
 from model import GPT
 from tools.checkpoint import checkpoint_settings, load_checkpoint
-from tools.common import UserError, atomic_write, parse_config, require, write_json
+from tools.common import (UserError, atomic_write, parse_config, require, require_writable_dir,
+                          write_json)
 from tools.gpt2 import gpt2_names
 from tools.safetensors_io import save_file
 
@@ -47,20 +47,10 @@ class ExportConfig:
         require(self.ckpt, "--ckpt is required: a ckpt.pt of train.py or finetune.py")
         require(os.path.isfile(self.ckpt), f"--ckpt {self.ckpt}: no such file; train one with "
                 "`python train.py --out_dir DIR` and pass DIR/ckpt.pt")
-        require(self.out, "--out is required: the directory to write the export to")
-        out = Path(self.out)
-        require(not out.exists() or out.is_dir(),
-                f"--out {out} is a file; give a new directory instead")
-        clash = [f for f in FILES if (out / f).exists()]
-        require(not clash, f"--out {out} holds {', '.join(clash)} already; remove them or "
-                "choose another output directory (an export overwrites nothing)")
-        nearest = next(p for p in [out, *out.absolute().parents] if p.exists())
-        try:  # a file made and removed at once: the one test of writing that holds for root too
-            with tempfile.TemporaryFile(dir=nearest):
-                pass
-        except OSError as e:
-            raise UserError(f"--out {out}: cannot write into {nearest} ({e.strerror}); choose "
-                            "a directory of yours") from None
+        require_writable_dir(self.out, "--out")
+        clash = [f for f in FILES if os.path.exists(os.path.join(self.out, f))]
+        require(not clash, f"--out {self.out} holds {', '.join(clash)} already; remove them "
+                "or choose another directory (an export overwrites nothing)")
 
 
 # -----------------------------------------------------------------------------------------------

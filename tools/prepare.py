@@ -34,7 +34,7 @@ from data import SHARD_TOKENS, TOKENIZERS, get_tokenizer, shard_path, write_shar
 from tasks import TASK_ALIASES, TASK_FILES
 from tools import gpt2
 from tools.common import (UserError, atomic_write, check_ranges, config_parser, download,
-                          own_run_dir, require, write_json)
+                          own_run_dir, require, require_writable_dir, write_json)
 
 TEXT_TYPES, JSON_TYPES = (".txt", ".txt.gz"), (".jsonl", ".jsonl.gz", ".json.gz")
 TXT_DOCS = ("file", "line")  # a .txt input is one document, or one document per line
@@ -449,23 +449,6 @@ def gpt2_weights(name, out_dir):
 # -----------------------------------------------------------------------------------------------
 # The command line: one config dataclass per command, checked at the door before any work.
 
-def require_output_dir(path, flag):
-    """The door's check of a directory a run writes into, made if missing: not empty, not a file,
-    not a link to nothing, and in a place this user may write."""
-    require(path.strip(), f"{flag} is empty; give a directory")
-    if os.path.islink(path) and not os.path.exists(path):
-        raise UserError(f"{flag} {path} is a symbolic link to {os.readlink(path)}, which does "
-                        "not exist; create its target or give another directory")
-    require(not os.path.exists(path) or os.path.isdir(path),
-            f"{flag} {path} is a file, not a directory")
-    folder = os.path.abspath(path)
-    while not os.path.lexists(folder):  # the nearest part of the path that exists
-        folder = os.path.dirname(folder)
-    require(os.path.isdir(folder), f"{flag} {path}: {folder} is not a directory")
-    require(os.access(folder, os.W_OK | os.X_OK),
-            f"{flag} {path}: {folder} is not writable; give a directory you may write to")
-
-
 def require_input_file(path, flag):
     require(os.path.exists(path), f"{flag} {path} does not exist")
     require(not os.path.isdir(path), f"{flag} {path} is a directory; give the files in it")
@@ -498,7 +481,7 @@ class PrepareConfig:
                                                            for p in self.val_input}
         require(not both, f"{sorted(map(str, both))} given as both --input and --val_input; a "
                 "validation file must not also be trained on")
-        require_output_dir(self.out, "--out")
+        require_writable_dir(self.out, "--out")
         check_ranges(self, {">= 0": "val_every min_tokens workers"})
         require(1 <= self.shard_tokens < 2 ** 31,
                 f"--shard_tokens must be in 1..{2 ** 31 - 1}, got {self.shard_tokens}")
@@ -521,7 +504,7 @@ class C4Config:
     def check(self):
         require(1 <= self.shards <= 1024, "--shards must be in 1..1024 (C4 English has 1024 "
                 f"training files), got {self.shards}")
-        require_output_dir(self.out, "--out")
+        require_writable_dir(self.out, "--out")
         check_ranges(self, {">= 0": "workers"})
 
     def run(self):
@@ -537,7 +520,7 @@ class TaskConfig:
 
     def check(self):
         require(self.name, "give the task: `task NAME --out DIR`")
-        require_output_dir(self.out, "--out")
+        require_writable_dir(self.out, "--out")
 
     def run(self):
         download_task(self.name, self.out)
@@ -550,7 +533,7 @@ class Gpt2Config:
     out: str = GPT2_CACHE          # cache directory; the files go to OUT/NAME
 
     def check(self):
-        require_output_dir(self.out, "--out")
+        require_writable_dir(self.out, "--out")
 
     def run(self):
         gpt2_weights(self.name, self.out)
