@@ -88,7 +88,7 @@ def generate_inputs(examples, task, tok, block_size, m_inf, delay_id, where, max
 
 
 @torch.no_grad()
-def sum_logprobs(model, rows, pad_id, pause_id, batch_size, autocast):
+def sum_logprobs(model, rows, pad_id, batch_size, autocast):
     """Sum of the log-probabilities of each row's targets (y != IGNORE)."""
     out = []
     for i in range(0, len(rows), batch_size):
@@ -96,12 +96,12 @@ def sum_logprobs(model, rows, pad_id, pause_id, batch_size, autocast):
         x, y = x.to(model.device), y.to(model.device)
         with autocast:
             logits = model(x)[0]
-        # The distribution the decoder uses: the vocabulary's padding ids and the pause
-        # (never a target) get no probability. Only the scored positions are normalized.
+        # lm-evaluation-harness's loglikelihood: a softmax over every output row, the
+        # vocabulary's padding and the pause included, so that a choice scores as lm-eval
+        # scores the exported model (the decoder bans those ids; that moves a score by about
+        # 0.01 nats, enough to flip a close acc_norm pick). Only scored positions count.
         scored = y != pause.IGNORE
-        logits = logits[scored][:, :model.config.vocab_size].float()
-        logits[:, pause_id] = float("-inf")
-        logp = F.log_softmax(logits, dim=-1)
+        logp = F.log_softmax(logits[scored].float(), dim=-1)
         picked = logp.gather(1, y[scored].unsqueeze(1)).squeeze(1)
         per_row = torch.zeros(x.size(0), device=picked.device)
         out += per_row.index_add_(0, scored.nonzero()[:, 0], picked).tolist()
@@ -112,7 +112,7 @@ def score_choices(model, tok, examples, inputs, batch_size, autocast):
     """One record per example, in order: the picks of lm-evaluation-harness's acc and
     acc_norm and their metrics."""
     rows = [row for example_rows, _ in inputs for row in example_rows]
-    logps = sum_logprobs(model, rows, tok.eot_id, tok.pause_id, batch_size, autocast)
+    logps = sum_logprobs(model, rows, tok.eot_id, batch_size, autocast)
     records, start = [], 0
     for ex, (example_rows, cut) in zip(examples, inputs):
         end = start + len(example_rows)
@@ -131,7 +131,7 @@ def generate_answers(model, tok, task, examples, inputs, m_inf, where, batch_siz
     metrics, and the gold answer's loss in nats (a smooth measure that still separates
     configurations when a small model gets few answers exactly right)."""
     gold = [inp["row"] for inp in inputs]
-    logps = sum_logprobs(model, gold, tok.eot_id, tok.pause_id, batch_size, autocast)
+    logps = sum_logprobs(model, gold, tok.eot_id, batch_size, autocast)
     # Prompts sorted by length share a batch, so little of it is left padding.
     order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]["prefix"]))
     stop = tasks.stop_ids(tok, task)

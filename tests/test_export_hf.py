@@ -5,12 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-import finetune
 import pause
 import tasks
 from data import get_tokenizer
+from tasks import evaluate
 from tools import gpt2
 from tools.checkpoint import load_pretrained
 from tools.export import export_hf
@@ -75,26 +74,20 @@ def test_init_from_a_save_pretrained_directory(tmp_path, transformers, one_threa
 
 
 def project_scores(model, tok, m_inf):
-    """finetune.py's evaluation on docs/lm_eval's data: per choice, its log-likelihood over the
-    vocabulary without pause and padding (finetune.sum_logprobs) and over all rows (lm-eval's
-    convention); per GSM8K question, the greedy answer."""
+    """finetune.py's evaluation on docs/lm_eval's data: per choice, its log-likelihood
+    (tasks.evaluate.sum_logprobs); per GSM8K question, the greedy answer."""
+    block = model.config.block_size
     piqa = tasks.load_task("piqa", str(ROOT / "docs/lm_eval/data/piqa_mini.jsonl"))
-    inputs = finetune.eval_inputs(piqa, tasks.get_task("piqa"), tok, model.config.block_size,
-                                  m_inf, "append", None, 32, True)
-    rows = [r for inp in inputs for r in inp["rows"]]
-    masked = finetune.sum_logprobs(model, rows, tok.eot_id, tok.pause_id, 16, nullcontext())
-    every_row = []
-    with torch.no_grad():
-        for x, y in rows:
-            logp = F.log_softmax(model(x[None])[0][0].float(), dim=-1)
-            scored = y != pause.IGNORE
-            every_row.append(logp[scored].gather(1, y[scored, None]).sum().item())
-    gsm8k, task = (tasks.load_task("gsm8k", str(ROOT / "docs/lm_eval/data/gsm8k_mini.jsonl")),
-                   tasks.get_task("gsm8k"))
-    inputs = finetune.eval_inputs(gsm8k, task, tok, model.config.block_size, m_inf, "append",
-                                  None, 32, False)
-    records = finetune.evaluate(model, tok, task, gsm8k, inputs, m_inf)
-    return piqa, masked, every_row, [r["prediction"] for r in records]
+    inputs = evaluate.choice_inputs(piqa, tok, block, m_inf, tok.pause_id, "append")
+    rows = [row for example_rows, _ in inputs for row in example_rows]
+    ours = evaluate.sum_logprobs(model, rows, tok.eot_id, 16, nullcontext())
+    gsm8k = tasks.load_task("gsm8k", str(ROOT / "docs/lm_eval/data/gsm8k_mini.jsonl"))
+    task = tasks.get_task("gsm8k")
+    inputs = evaluate.generate_inputs(gsm8k, task, tok, block, m_inf, tok.pause_id, "append",
+                                      32, False)
+    records = evaluate.generate_answers(model, tok, task, gsm8k, inputs, m_inf, "append", 16,
+                                        nullcontext())
+    return piqa, ours, [r["prediction"] for r in records]
 
 
 def test_lm_eval_scores_the_export_as_finetune_does(tmp_path, monkeypatch, transformers,
@@ -107,7 +100,7 @@ def test_lm_eval_scores_the_export_as_finetune_does(tmp_path, monkeypatch, trans
     model = checkpoint(tmp_path / "ckpt.pt", block_size=128)  # room for prompt, pauses, answer
     out = export_hf(tmp_path / "ckpt.pt", tmp_path / "hf")
     tok = get_tokenizer("gpt2")
-    piqa, masked, every_row, predictions = project_scores(model.eval(), tok, M_INF)
+    piqa, ours, predictions = project_scores(model.eval(), tok, M_INF)
 
     results = lm_eval.simple_evaluate(
         model="hf", model_args=f"pretrained={out}", tasks=["pause_piqa", "pause_gsm8k"],
@@ -115,14 +108,11 @@ def test_lm_eval_scores_the_export_as_finetune_does(tmp_path, monkeypatch, trans
         batch_size=1, log_samples=True)
     samples = results["samples"]
     theirs = [float(r[0][0]) for s in samples["pause_piqa"] for r in s["resps"]]
-    assert len(theirs) == len(every_row) == 2 * len(piqa)
-    # lm-eval normalizes over all rows: the same log-likelihood per choice.
-    assert max(abs(a - b) for a, b in zip(every_row, theirs)) < 1e-4
-    # finetune.py leaves out the pause and padding rows: each choice is a little likelier.
-    gaps = [a - b for a, b in zip(masked, theirs)]
-    assert all(0 < g < 0.1 for g in gaps)
+    assert len(theirs) == len(ours) == 2 * len(piqa)
+    # the same log-likelihood per choice, and so the same picks
+    assert max(abs(a - b) for a, b in zip(ours, theirs)) < 1e-4
     for i, ex in enumerate(piqa):
-        assert tasks.choose(every_row[2 * i:2 * i + 2], ex["choices"]) == tasks.choose(
+        assert tasks.choose(ours[2 * i:2 * i + 2], ex["choices"]) == tasks.choose(
             theirs[2 * i:2 * i + 2], ex["choices"])
     generated = [s["resps"][0][0] for s in sorted(samples["pause_gsm8k"],
                                                    key=lambda s: s["doc_id"])]

@@ -104,9 +104,15 @@ def test_gsm8k_answers_end_with_the_number_then_endoftext():
 # Evaluation against plain twins.
 
 def plain_log_probs(model, seq):
-    logits = model(torch.tensor([seq]))[0][0, :, :model.config.vocab_size].float()
-    logits[:, P] = float("-inf")
-    return F.log_softmax(logits, -1)
+    """lm-evaluation-harness's log-probabilities: a softmax over every output row."""
+    return F.log_softmax(model(torch.tensor([seq]))[0][0].float(), -1)
+
+
+def plain_next(model, seq):
+    """The greedy decoder's next token: the pause and the vocabulary's padding banned."""
+    logits = model(torch.tensor([seq]))[0][0, -1, :model.config.vocab_size]
+    logits[P] = float("-inf")
+    return int(logits.argmax())
 
 
 @pytest.mark.parametrize("num_pauses,where,filler", [(0, "append", None), (3, "append", None),
@@ -140,7 +146,7 @@ def test_choice_scoring_equals_a_plain_per_choice_loop(num_pauses, where, filler
         # the batched sums themselves (rows of several lengths, right-padded together)
         rows = [finetune_example(prefix if filler else prompt, c, 0 if filler else num_pauses, P,
                                  where) for c in choices]
-        batched = sum_logprobs(model, rows, TOK.eot_id, P, 2, nullcontext())
+        batched = sum_logprobs(model, rows, TOK.eot_id, 2, nullcontext())
         assert batched == pytest.approx(sums, abs=1e-4)
 
 
@@ -161,7 +167,7 @@ def digit_model():
 def plain_greedy(model, seq, max_new, stops):
     new = []
     for _ in range(max_new):
-        nxt = int(plain_log_probs(model, seq + new)[-1].argmax())
+        nxt = plain_next(model, seq + new)
         if nxt in stops:
             break
         new.append(nxt)

@@ -14,14 +14,11 @@ import sys
 from contextlib import nullcontext
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-import finetune  # noqa: E402 (the repository is put on the path first)
-import pause  # noqa: E402
-import tasks  # noqa: E402
+import tasks  # noqa: E402 (the repository is put on the path first)
+from tasks import evaluate  # noqa: E402
 from tools.checkpoint import configuration_name, load_pretrained  # noqa: E402
 
 M_INF = 10
@@ -44,18 +41,10 @@ def main():
     print(f"{args.model}: {configuration_name(carried)} {carried}")
 
     piqa = tasks.load_task("piqa", str(ROOT / "docs/lm_eval/data/piqa_mini.jsonl"))
-    inputs = finetune.eval_inputs(piqa, tasks.get_task("piqa"), tok, model.config.block_size,
-                                  M_INF, "append", None, 32, True)
-    rows = [r for inp in inputs for r in inp["rows"]]
-    # finetune.py's: normalized over the vocabulary without the pause and the padding ids.
-    ours = finetune.sum_logprobs(model, rows, tok.eot_id, tok.pause_id, 16, nullcontext())
-    # lm-eval's convention: normalized over every row of the output layer.
-    every = []
-    with torch.no_grad():
-        for x, y in rows:
-            logp = F.log_softmax(model(x[None])[0][0].float(), dim=-1)
-            scored = y != pause.IGNORE
-            every.append(logp[scored].gather(1, y[scored, None]).sum().item())
+    block = model.config.block_size
+    inputs = evaluate.choice_inputs(piqa, tok, block, M_INF, tok.pause_id, "append")
+    rows = [row for example_rows, _ in inputs for row in example_rows]
+    ours = evaluate.sum_logprobs(model, rows, tok.eot_id, 16, nullcontext())
     theirs = [float(r[0][0]) for s in samples(args.samples, "pause_piqa") for r in s["resps"]]
     print("item  lm-eval per choice      finetune.py per choice  picks (acc, acc_norm)")
     for i, ex in enumerate(piqa):
@@ -63,16 +52,15 @@ def main():
         picks = [tuple(tasks.choose(v[pair], ex["choices"]).values()) for v in (theirs, ours)]
         print(f"{i:4}  {theirs[pair][0]:10.4f} {theirs[pair][1]:10.4f}  "
               f"{ours[pair][0]:10.4f} {ours[pair][1]:10.4f}  lm-eval {picks[0]} ours {picks[1]}")
-    gaps = [a - b for a, b in zip(ours, theirs)]
-    print(f"finetune.py - lm-eval per choice: {min(gaps):.4f} to {max(gaps):.4f} nats")
-    print(f"all rows (lm-eval's convention) - lm-eval: at most "
-          f"{max(abs(a - b) for a, b in zip(every, theirs)):.1e} nats")
+    gap = max(abs(a - b) for a, b in zip(ours, theirs))
+    print(f"finetune.py against lm-eval per choice: at most {gap:.1e} nats apart")
 
     gsm8k = tasks.load_task("gsm8k", str(ROOT / "docs/lm_eval/data/gsm8k_mini.jsonl"))
     task = tasks.get_task("gsm8k")
-    inputs = finetune.eval_inputs(gsm8k, task, tok, model.config.block_size, M_INF, "append",
-                                  None, 32, False)
-    records = finetune.evaluate(model, tok, task, gsm8k, inputs, M_INF)
+    inputs = evaluate.generate_inputs(gsm8k, task, tok, block, M_INF, tok.pause_id, "append",
+                                      32, False)
+    records = evaluate.generate_answers(model, tok, task, gsm8k, inputs, M_INF, "append", 16,
+                                        nullcontext())
     generated = [s["resps"][0][0] for s in samples(args.samples, "pause_gsm8k")]
     same = sum(r["prediction"] == g for r, g in zip(records, generated))
     print(f"gsm8k: {same} of {len(records)} generated answers equal, character for character")
