@@ -25,9 +25,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from data import PretrainLoader, builtin_tokens, get_tokenizer, read_checked_meta, to_device
-from model import GPT, GPTConfig, PRESETS, config_from_preset
+from model import PRESETS
 from tools import gpt2
-from tools.checkpoint import read_checkpoint, save_checkpoint
+from tools.checkpoint import (check_resume, checked_model_config, make_model, read_checkpoint,
+                              restore, save_checkpoint)
 from tools.common import (UserError, append_jsonl, atomic_write, check_ranges, cleanup_ddp,
                           lr_at, own_run_dir, parse_config, peak_flops_of, read_jsonl,
                           remove_interrupted_writes, require, require_writable_dir,
@@ -141,8 +142,9 @@ def cut_log_after(path, step):
 
 
 # -----------------------------------------------------------------------------
-# What a run starts from: its data, the model's shape, and on --resume the
-# checkpoint's state. Each refuses what does not fit, before any work.
+# What a run reads: its data and the batch arithmetic (the model's shape and a
+# checkpoint's state are tools/checkpoint.py's). Each refuses what does not fit,
+# before any work.
 
 def tokenizer_for(cfg, meta, ckpt):
     """The data's tokenizer. The built-in world's is the checkpoint's on --resume, else
@@ -188,29 +190,6 @@ def make_loaders(cfg, tok, T, rank, world_size, meta):
     return loader, val_loaders
 
 
-def checked_model_config(cfg, vocab_size, ckpt):
-    """The model's shape: a preset with the flags' overrides; or GPT-2's or the
-    checkpoint's, which the flags may repeat but not change (--block_size may
-    cut the context)."""
-    names = ("block_size", "n_layer", "n_head", "n_embd")
-    flags = {k: getattr(cfg, k) for k in names if getattr(cfg, k)}
-    if ckpt is None and not cfg.init_from:
-        return config_from_preset(cfg.preset, vocab_size, dropout=cfg.dropout, **flags)
-    shape = ckpt["model_config"] if ckpt else gpt2.hf_config(cfg.init_from)
-    source = f"--resume: {cfg.out_dir}/ckpt.pt" if ckpt else f"--init_from {cfg.init_from}"
-    config = GPTConfig(**{**shape, "vocab_size": vocab_size, "dropout": cfg.dropout})
-    asked = dict(flags)
-    if cfg.preset != TrainConfig.preset:  # the default preset is no request
-        asked = {**PRESETS[cfg.preset], **flags}
-    for k, v in asked.items():
-        have = getattr(config, k)
-        flag = f"--{k}" if k in flags else f"--preset {cfg.preset}"
-        require(v == have or (v < have and k == "block_size"),
-                f"{source} has {k}={have} but this run has {k}={v} ({flag}); the "
-                "weights fix the model's shape: leave the flag out")
-    return config
-
-
 def grad_accum_of(cfg, T, world_size):
     """(tokens a step, micro-steps a step): batch x T x world x grad_accum."""
     micro = cfg.batch_size * T * world_size
@@ -221,57 +200,6 @@ def grad_accum_of(cfg, T, world_size):
             f"world_size = {micro}; the nearest valid values are {max(1, q) * micro} "
             f"and {(q + 1) * micro}")
     return total, total // micro
-
-
-# Settings a resumed run may change, with a note: the steps then differ.
-CHANGEABLE = ("batch_size", "total_batch_tokens", "max_steps", "max_tokens", "lr",
-              "min_lr", "warmup_steps", "weight_decay", "beta2", "grad_clip")
-
-
-def check_resume(ckpt, cfg, tok, world_size, master):
-    """Refuse a checkpoint of another tokenizer or pause_frac; note what
-    settings changed."""
-    path = os.path.join(cfg.out_dir, "ckpt.pt")
-    for key, now in (("tokenizer", tok.name), ("pause_frac", cfg.pause_frac)):
-        require(ckpt[key] == now,
-                f"--resume: {path} was made with {key}={ckpt[key]}, this run has "
-                f"{key}={now}; use the same data and flags, or another --out_dir")
-    then = {**ckpt["config"], "world_size": ckpt.get("world_size", world_size)}
-    now = {**asdict(cfg), "world_size": world_size}
-    changed = [f"{k} {now[k]} (was {then[k]})"
-               for k in (*CHANGEABLE, "world_size") if then.get(k, now[k]) != now[k]]
-    if changed and master:
-        print(f"note: resuming with {', '.join(changed)}. The data continues "
-              "where it stopped, but the steps are no longer those of one "
-              "uninterrupted run.")
-
-
-def restore(ckpt, model, optimizer, loader, device, master):
-    """Put a checkpoint's state into this run; returns its step and token counts."""
-    model.load_state_dict(ckpt["model"])
-    # Adam's moments from the checkpoint, its settings from the flags.
-    ours = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-    optimizer.load_state_dict(ckpt["optimizer"])
-    for group, settings in zip(optimizer.param_groups, ours):
-        group.update(settings)
-    loader.load_state_dict(ckpt["loader"])  # refuses other data or windows
-    if master:
-        # Other ranks keep their own seeds: their random numbers only drive dropout.
-        torch.set_rng_state(ckpt["rng"]["torch"].cpu())
-        cuda = ckpt["rng"].get("cuda")
-        if cuda is not None and torch.device(device).type == "cuda":
-            torch.cuda.set_rng_state(cuda.cpu(), device)
-    return ckpt["step"], ckpt["tokens_seen"], ckpt["real_tokens_seen"]
-
-
-def make_model(cfg, model_config, tok, device, rank):
-    """Random weights from the seed, or GPT-2's."""
-    torch.manual_seed(cfg.seed + rank)
-    if not cfg.init_from:
-        return GPT(model_config).to(device)
-    model = gpt2.from_pretrained(cfg.init_from, tok.vocab_size, dropout=cfg.dropout)
-    assert model.config == model_config  # the shape the flags were checked against
-    return model.to(device)
 
 
 def ready_run_dir(cfg, step):
@@ -356,7 +284,8 @@ def train(cfg: TrainConfig) -> str:
             if local_rank == 0:  # one download a machine; the others read its files
                 gpt2.download(cfg.init_from)
             dist.barrier()
-        model_config = checked_model_config(cfg, tok.vocab_size, ckpt)
+        preset_given = cfg.preset != TrainConfig.preset  # the default is no request
+        model_config = checked_model_config(cfg, tok.vocab_size, ckpt, preset_given)
         # The context T of the windows: the model's, unless cut by --block_size (on
         # --resume: as the checkpoint's run cut it).
         T = ckpt["loader"]["block_size"] if ckpt else model_config.block_size

@@ -6,13 +6,14 @@ weights_only=True so that a malicious pickle cannot run code. train.py's are res
 GPT-2's weights (tools/gpt2.py) come in through load_model as well.
 """
 import os
+from dataclasses import asdict
 
 import torch
 
 from data import get_tokenizer
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, PRESETS, config_from_preset
 from tools import gpt2
-from tools.common import UserError, atomic_write
+from tools.common import UserError, atomic_write, require
 
 
 def save_checkpoint(obj, path):
@@ -128,3 +129,80 @@ def load_model(ckpt_path, init_from, device="cpu"):
     carries, for callers that need no more."""
     model, tok, carried = load_pretrained(ckpt_path, init_from, device)
     return model, tok, carried["pause_frac"]
+
+
+# -----------------------------------------------------------------------------------------------
+# What a train.py run starts from: a model's shape and weights (random, GPT-2's or a checkpoint's)
+# and, on --resume, the checkpoint's state. cfg is train.py's TrainConfig. Each refuses what does
+# not fit, naming the flag, before any training step.
+
+def checked_model_config(cfg, vocab_size, ckpt, preset_given):
+    """The model's shape: a preset with the flags' overrides; or GPT-2's or the
+    checkpoint's, which the flags may repeat but not change (--block_size may
+    cut the context)."""
+    names = ("block_size", "n_layer", "n_head", "n_embd")
+    flags = {k: getattr(cfg, k) for k in names if getattr(cfg, k)}
+    if ckpt is None and not cfg.init_from:
+        return config_from_preset(cfg.preset, vocab_size, dropout=cfg.dropout, **flags)
+    shape = ckpt["model_config"] if ckpt else gpt2.hf_config(cfg.init_from)
+    source = f"--resume: {cfg.out_dir}/ckpt.pt" if ckpt else f"--init_from {cfg.init_from}"
+    config = GPTConfig(**{**shape, "vocab_size": vocab_size, "dropout": cfg.dropout})
+    asked = {**PRESETS[cfg.preset], **flags} if preset_given else flags
+    for k, v in asked.items():
+        have = getattr(config, k)
+        flag = f"--{k}" if k in flags else f"--preset {cfg.preset}"
+        require(v == have or (v < have and k == "block_size"),
+                f"{source} has {k}={have} but this run has {k}={v} ({flag}); the "
+                "weights fix the model's shape: leave the flag out")
+    return config
+
+
+# Settings a resumed run may change, with a note: the steps then differ.
+CHANGEABLE = ("batch_size", "total_batch_tokens", "max_steps", "max_tokens", "lr",
+              "min_lr", "warmup_steps", "weight_decay", "beta2", "grad_clip")
+
+
+def check_resume(ckpt, cfg, tok, world_size, master):
+    """Refuse a checkpoint of another tokenizer or pause_frac; note what
+    settings changed."""
+    path = os.path.join(cfg.out_dir, "ckpt.pt")
+    for key, now in (("tokenizer", tok.name), ("pause_frac", cfg.pause_frac)):
+        require(ckpt[key] == now,
+                f"--resume: {path} was made with {key}={ckpt[key]}, this run has "
+                f"{key}={now}; use the same data and flags, or another --out_dir")
+    then = {**ckpt["config"], "world_size": ckpt.get("world_size", world_size)}
+    now = {**asdict(cfg), "world_size": world_size}
+    changed = [f"{k} {now[k]} (was {then[k]})"
+               for k in (*CHANGEABLE, "world_size") if then.get(k, now[k]) != now[k]]
+    if changed and master:
+        print(f"note: resuming with {', '.join(changed)}. The data continues "
+              "where it stopped, but the steps are no longer those of one "
+              "uninterrupted run.")
+
+
+def restore(ckpt, model, optimizer, loader, device, master):
+    """Put a checkpoint's state into this run; returns its step and token counts."""
+    model.load_state_dict(ckpt["model"])
+    # Adam's moments from the checkpoint, its settings from the flags.
+    ours = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    optimizer.load_state_dict(ckpt["optimizer"])
+    for group, settings in zip(optimizer.param_groups, ours):
+        group.update(settings)
+    loader.load_state_dict(ckpt["loader"])  # refuses other data or windows
+    if master:
+        # Other ranks keep their own seeds: their random numbers only drive dropout.
+        torch.set_rng_state(ckpt["rng"]["torch"].cpu())
+        cuda = ckpt["rng"].get("cuda")
+        if cuda is not None and torch.device(device).type == "cuda":
+            torch.cuda.set_rng_state(cuda.cpu(), device)
+    return ckpt["step"], ckpt["tokens_seen"], ckpt["real_tokens_seen"]
+
+
+def make_model(cfg, model_config, tok, device, rank):
+    """Random weights from the seed, or GPT-2's."""
+    torch.manual_seed(cfg.seed + rank)
+    if not cfg.init_from:
+        return GPT(model_config).to(device)
+    model = gpt2.from_pretrained(cfg.init_from, tok.vocab_size, dropout=cfg.dropout)
+    assert model.config == model_config  # the shape the flags were checked against
+    return model.to(device)
