@@ -568,7 +568,8 @@ def one_prompt_equals_the_loop(pause_generate):
     for where in ["append", "prepend"]:
         model = tiny_gpt(3, boost=(PAUSE,))  # a likely output, were it not banned
         cases = list(zip([0, 4, 10], prompts_of([3, 6, 1], 5)))
-        assert any(PAUSE in greedy_rerun(model, with_pauses(p, m, where), 12) for m, p in cases)
+        assert any(PAUSE in greedy_rerun(model, with_pauses(p, m, where), 12) for m, p in cases), \
+            "the test's model does not make the pause likely (a fault of the test, not of yours)"
         for m, prompt in cases:
             free = greedy_rerun(model, with_pauses(prompt, m, where), 12, {PAUSE})
             for stop_ids, banned in [((), ()), ({free[5]}, ()), ((), {free[0]})]:
@@ -724,8 +725,9 @@ def global_generator(tokens, m, pause_id, generator=None):
 def same_slots_every_row(tokens, m, pause_id, generator=None):
     """One draw of pause slots shared by every row."""
     rows = tokens.reshape(-1, tokens.shape[-1])
-    first = pause.insert_pauses(torch.arange(rows.size(1)), m, -1, generator)
-    out = rows[:, first.clamp(min=0)].masked_fill(first == -1, pause_id)
+    N = rows.size(1)
+    first = pause.insert_pauses(torch.arange(N), m, N, generator)  # N marks a pause slot
+    out = rows[:, first.clamp(max=N - 1)].masked_fill(first == N, pause_id)
     return out.view(tokens.shape)
 
 
@@ -939,7 +941,8 @@ class PauseAllowed:
     """The model, but its generate lets the pause through: pause_generate without the ban."""
 
     def __init__(self, model, pause_id):
-        self.model, self.pause_id, self.device = model, pause_id, model.device
+        self.model, self.pause_id = model, pause_id
+        self.config, self.device = model.config, model.device
 
     def generate(self, idx, n, banned_ids=(), **options):
         return self.model.generate(idx, n, banned_ids=set(banned_ids) - {self.pause_id},
