@@ -1,23 +1,28 @@
 """
 Write the student version of this repository: a copy in which the bodies of the exercise functions
 are replaced by `raise NotImplementedError(...)` naming the paper's section, their docstrings kept.
-The same tests grade both versions: `python -m pytest -m exercises` passes on the reference and
-fails on the student version until the exercises are written (docs/teaching.md).
+The same tests grade both versions: `python -m pytest tests -m exercises` passes on the reference
+and fails on the student version until the exercises are written (docs/teaching.md); once they
+are, the whole suite passes there (tests that need a hidden solution are skipped, saying why).
 
     python tests/student_version.py --out ../pause-student
     python tests/student_version.py --out DIR --functions pause.insert_pauses pause.pause_targets
 
 The functions are found by parsing the modules (ast), so the reference code carries no markers.
+A function is blanked only if a grader exists for it: a test marked `exercises` in
+tests/test_exercises.py whose name holds the function's name (the six exercises have theirs).
 The few functions of the tests that solve an exercise (a plain twin, the graders' own check) are
 blanked as well unless --hide is given an empty list.
 """
 import argparse
 import ast
+import inspect
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +49,16 @@ SOLUTIONS = {
     "tests.test_exercises.insert_pauses_multinomial": "a correct insert_pauses, written "
                                                       "differently",
 }
+
+
+def is_blanked(fn):
+    """Whether fn's body (after its docstring) is the one raise NotImplementedError this script
+    writes: True in the student version for the exercises and the hidden solutions. Tests that need
+    a hidden solution are skipped there with this."""
+    node = ast.parse(textwrap.dedent(inspect.getsource(fn))).body[0]
+    body = node.body[1:] if ast.get_docstring(node) is not None else node.body
+    return len(body) == 1 and isinstance(body[0], ast.Raise) and \
+        "NotImplementedError" in ast.unparse(body[0])
 
 
 def repository_files():
@@ -103,6 +118,19 @@ def locate(name):
     return None
 
 
+def graders():
+    """The names of the tests marked `exercises` in tests/test_exercises.py."""
+    tree = ast.parse((ROOT / "tests" / "test_exercises.py").read_text())
+    return [f.name for f in tree.body if isinstance(f, ast.FunctionDef)
+            and f.name.startswith("test_")
+            and any("exercises" in ast.unparse(d) for d in f.decorator_list)]
+
+
+def grader_key(name):
+    """The -k expression that selects the graders of a function: its exercise's, or its name."""
+    return EXERCISES[name][1] if name in EXERCISES else name.split(".")[-1]
+
+
 def plan(functions, hidden):
     """{module file: new source} with the functions blanked; every name is checked first."""
     wanted = {}
@@ -114,15 +142,21 @@ def plan(functions, hidden):
                                  f"module.Class.method of a module in {ROOT}); the exercises are: "
                                  f"{' '.join(EXERCISES)}")
             path, qualname, node = found
+            k = grader_key(name)
+            if flag == "--functions" and not any(k.lower() in t.lower() for t in graders()):
+                raise SystemExit(f"--functions: {name} has no grader (no test marked exercises in "
+                                 f"tests/test_exercises.py has {k!r} in its name), so nothing "
+                                 "would grade it; write one, or choose among the graded "
+                                 f"functions: {' '.join(EXERCISES)}")
             if node.body[0].lineno == node.lineno:
                 raise SystemExit(f"{flag}: {name} is written on one line with its def; "
                                  "put its body on lines of its own")
             if name in hidden:
                 message = (f"Hidden in the student version: {SOLUTIONS.get(name, 'a solution')}.",)
             else:
-                what, k = EXERCISES.get(name, (f"write {qualname}", qualname.split(".")[-1]))
+                what = EXERCISES[name][0] if name in EXERCISES else f"write {qualname}"
                 message = (f"Exercise: {what}.",
-                           f" Grade it with: python -m pytest -m exercises -k {k}")
+                           f" Grade it with: python -m pytest tests -m exercises -k {k}")
             wanted.setdefault(path, {})[qualname] = (node, message)
     sources = {}
     for path, nodes in wanted.items():
@@ -138,7 +172,8 @@ def main(argv=None):
                         help="new (or empty) directory for the student version (required)")
     parser.add_argument("--functions", nargs="+", default=list(EXERCISES), metavar="NAME",
                         help="functions whose bodies to blank, as module.function or "
-                             "module.Class.method (default: %(default)s)")
+                             "module.Class.method; each needs a grader (a test marked "
+                             "exercises with its name) (default: %(default)s)")
     parser.add_argument("--hide", nargs="*", default=list(SOLUTIONS), metavar="NAME",
                         help="functions of the tests that solve an exercise, blanked too; "
                              "--hide alone keeps them (default: %(default)s)")

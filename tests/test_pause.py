@@ -1,12 +1,14 @@
 """pause.py beyond the exercise graders (tests/test_exercises.py grades the behaviour any correct
 implementation has): the reference check of this repository's own insert_pauses against its plain
 loop twin, which replays the same random keys and so is a check of this implementation, not a
-grade; M_pt from pause_frac; append_pauses; and the wording of the errors."""
+grade (skipped in the student version, where the twin is hidden); M_pt from pause_frac;
+append_pauses; and the kind of each refusal."""
 import pytest
 import torch
 
 import pause
 from pause import IGNORE, append_pauses, finetune_example, insert_pauses, num_pretrain_pauses
+from student_version import is_blanked
 
 P = 999
 
@@ -21,6 +23,8 @@ def insert_pauses_loop(row, num_pauses, pause_id, keys):
     return out[:len(row)]
 
 
+@pytest.mark.skipif(is_blanked(insert_pauses_loop), reason="the student version: this checks the "
+                    "reference's own random draws, and the loop twin is hidden there")
 @pytest.mark.parametrize("shape", [(1,), (7,), (3, 1), (4, 17), (2, 64), (8, 257)])
 @pytest.mark.parametrize("num_pauses", [0, 1, 5, 40])
 def test_reference_insert_pauses_matches_its_plain_loop(shape, num_pauses):
@@ -44,9 +48,7 @@ def test_reference_insert_pauses_matches_its_plain_loop(shape, num_pauses):
 def test_num_pretrain_pauses():
     assert num_pretrain_pauses(0.1, 2048) == 205
     assert num_pretrain_pauses(0.0, 2048) == 0
-    for bad in (-0.1, 1.0, 1.5):
-        with pytest.raises(ValueError, match=r"pause_frac must be in \[0, 1\)"):
-            num_pretrain_pauses(bad, 2048)
+    assert num_pretrain_pauses(0.5, 7) == 4  # round half to even: 3.5 -> 4
 
 
 def test_append_pauses():
@@ -57,19 +59,19 @@ def test_append_pauses():
     assert append_pauses([5], 1, P).dtype == torch.long
 
 
-def test_error_messages():
-    with pytest.raises(ValueError, match="num_pauses must be an integer >= 0"):
+def test_refusals_are_of_their_kind():
+    # A programmer's mistake is an assert; what a user's data can reach is a ValueError. The
+    # wording belongs to the checks at the door (the scripts' configs), so it is not pinned here.
+    with pytest.raises(AssertionError):
         insert_pauses(torch.zeros(4, dtype=torch.long), -1, P)
-    with pytest.raises(ValueError, match="num_pauses"):
+    with pytest.raises(AssertionError):
         finetune_example([1], [2], -3, P)
-    with pytest.raises(ValueError, match="target .* is empty"):
-        finetune_example([1, 2], [], 2, P)
-    with pytest.raises(ValueError, match="prefix is empty and there are no pauses"):
-        finetune_example([], [2], 0, P)
-    with pytest.raises(ValueError, match="more than the context of 8"):
-        finetune_example([1] * 5, [2, 3], 3, P, block_size=8)
-    with pytest.raises(ValueError, match="pause_id .* outside the vocabulary"):
-        insert_pauses(torch.zeros(4, dtype=torch.long), 1, -5)
-    with pytest.raises(ValueError, match="'append' or 'prepend'"):
+    with pytest.raises(AssertionError):
         finetune_example([1], [2], 1, P, where="middle")
+    with pytest.raises(AssertionError):
+        finetune_example([1] * 5, [2, 3], 3, P, block_size=8)
+    with pytest.raises(ValueError):
+        finetune_example([1, 2], [], 2, P)
+    with pytest.raises(ValueError):
+        finetune_example([], [2], 0, P)
     assert IGNORE == -1 and pause.IGNORE == -1

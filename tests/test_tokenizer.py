@@ -29,5 +29,6 @@ def test_byte_tokenizer():
 
 
 def test_unknown_tokenizer():
-    with pytest.raises(ValueError, match="choose one of"):
+    # A library function: the kind of error is tested, its wording belongs to the scripts' checks.
+    with pytest.raises(ValueError):
         get_tokenizer("llama")
