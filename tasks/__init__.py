@@ -57,7 +57,7 @@ TASK_FILES = {
                   ("hellaswag_train.jsonl", "hellaswag_val.jsonl")},
     "lambada": {"lambada_test.jsonl":
                 "https://openaipublic.blob.core.windows.net/gpt-2/data/lambada_test.jsonl"},
-    # The Stanford release is bzip2-compressed; prepare.py decompresses it after the download.
+    # The Stanford release is bzip2-compressed; tools/prepare.py decompresses it after the download.
     "webquestions": {name: WEBQ_URL + name for name in ("webquestions.examples.train.json.bz2",
                                                         "webquestions.examples.test.json.bz2")},
     "nq_open": {name: NQ_URL + name for name in ("NQ-open.train.jsonl", "NQ-open.dev.jsonl")},
@@ -562,7 +562,7 @@ def as_letters(examples):
 
 
 def get_task(name):
-    name = TASK_ALIASES.get(name, name)  # csqa, commonsenseqa, nq, as prepare.py accepts
+    name = TASK_ALIASES.get(name, name)  # csqa, commonsenseqa, nq, as tools/prepare.py accepts
     if name in TASKS:
         return TASKS[name]
     if name in BUILTIN:

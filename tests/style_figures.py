@@ -9,7 +9,7 @@ It reads the files with Python's ast and tokenize modules and runs nothing of th
   (assert statements, `raise` statements, `if` blocks whose body only raises, functions named
   _check* / check*), code lines being lines with a token that is not a comment or docstring;
 - the lines of train() in train.py before its first top-level loop;
-- how the scripts check their flags: scripts that parse with parse_config (one idiom) and other
+- how the scripts check their flags: a config dataclass with check() (the one idiom) and other
   ways (parser.error calls, SystemExit outside main());
 - SystemExit in library modules (files without a __main__ block);
 - line length on the reading path: mean non-blank line, share of lines at 95+ characters, size;
@@ -70,10 +70,13 @@ def check_lines(source):
 
 
 def lines_before_loop(source, name="train"):
+    """Lines from `def train` to its training loop: the first loop of 20 lines or more, also
+    inside a with-block."""
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.FunctionDef) and node.name == name:
-            loop = next((s for s in node.body if isinstance(s, (ast.For, ast.While))), None)
-            return loop.lineno - node.lineno if loop else None
+            loops = [s for s in ast.walk(node) if isinstance(s, (ast.For, ast.While))
+                     and s.end_lineno - s.lineno >= 20]
+            return min(s.lineno for s in loops) - node.lineno if loops else None
     return None
 
 
@@ -138,7 +141,8 @@ def main():
             outside_main = sum(isinstance(n, ast.Raise) and "SystemExit" in ast.unparse(n)
                                for fn in tree.body if isinstance(fn, ast.FunctionDef)
                                and fn.name != "main" for n in ast.walk(fn))
-            print(f"{f}: parse_config {'yes' if 'parse_config(' in text else 'no'}, "
+            door = "parse_config(" in text or "def check(self" in text
+            print(f"{f}: a config dataclass with check() {'yes' if door else 'no'}, "
                   f"parser.error {text.count('parser.error(')}, "
                   f"SystemExit raised outside main() {outside_main}")
 
