@@ -5,17 +5,17 @@ import json
 import re
 import threading
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tiktoken
 
 import data
-from tools import prepare as prepare_module
-from tools.common import download
 from data import get_tokenizer, load_shard, read_checked_meta
+from tools import prepare as prepare_module
+from tools.common import UserError, download
 from tools.prepare import iter_documents, main, prepare
-from tools.common import UserError
 
 DOCS = ["The first document.\nIt has two lines.", "Second: 3 + 4 = 7, and ünïcode too!", "",
         "<|endoftext|> in the text is ordinary text", "  leading spaces\n\n\nand blank lines  "]
@@ -80,9 +80,9 @@ def test_long_txt_pieces_tokenize_like_the_whole_file(tmp_path):
 BYTE = get_tokenizer("byte")
 
 
-def _documents(folder, split):
+def documents(folder, split="train"):
     """The documents of a prepared split, decoded: the text between <|endoftext|> ids."""
-    tokens = np.concatenate([load_shard(p) for p in sorted(folder.glob(f"{split}_*.bin"))]
+    tokens = np.concatenate([load_shard(p) for p in sorted(Path(folder).glob(f"{split}_*.bin"))]
                             or [np.empty(0, np.uint16)]).tolist()
     docs, current = [], None
     for t in tokens:
@@ -112,11 +112,11 @@ def test_txt_one_document_per_line_and_per_file(tmp_path):
          "--val_every", "100")
     meta = json.loads((tmp_path / "lines" / "meta.json").read_text())
     assert (meta["documents"], meta["txt_docs"]) == (300, "line")  # blank lines hold no document
-    assert _documents(tmp_path / "lines", "val") == [lines[99], lines[199], lines[299]]
-    assert _documents(tmp_path / "lines", "train") == [s for i, s in enumerate(lines)
+    assert documents(tmp_path / "lines", "val") == [lines[99], lines[199], lines[299]]
+    assert documents(tmp_path / "lines", "train") == [s for i, s in enumerate(lines)
                                                        if i % 100 != 99]
     _run(tmp_path, "--input", src, "--out", tmp_path / "file", "--val_every", "100")
-    assert _documents(tmp_path / "file", "train") == [src.read_text()]
+    assert documents(tmp_path / "file", "train") == [src.read_text()]
 
 
 def test_exact_duplicates_are_dropped_before_the_split(tmp_path, capsys):
@@ -126,7 +126,7 @@ def test_exact_duplicates_are_dropped_before_the_split(tmp_path, capsys):
     src.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     _run(tmp_path, "--input", src, "--out", tmp_path / "s", "--val_every", "10")
     kept = list(dict.fromkeys(docs))
-    train, val = _documents(tmp_path / "s", "train"), _documents(tmp_path / "s", "val")
+    train, val = documents(tmp_path / "s", "train"), documents(tmp_path / "s", "val")
     assert train + val != kept and sorted(train + val) == sorted(kept)
     assert val == [d for i, d in enumerate(kept) if i % 10 == 9] and not set(train) & set(val)
     meta = json.loads((tmp_path / "s" / "meta.json").read_text())
@@ -140,8 +140,8 @@ def test_exact_duplicates_are_dropped_before_the_split(tmp_path, capsys):
     a.write_text("the same book\n" * 50)
     b.write_text("the same book\n" * 50)
     _run(tmp_path, "--input", src, a, b, "--val_input", val_file, "--out", tmp_path / "v")
-    assert _documents(tmp_path / "v", "val") == ["doc 3"]
-    assert _documents(tmp_path / "v", "train") == [d for d in kept if d != "doc 3"] + [
+    assert documents(tmp_path / "v", "val") == ["doc 3"]
+    assert documents(tmp_path / "v", "train") == [d for d in kept if d != "doc 3"] + [
         a.read_text()]
 
 
@@ -156,7 +156,7 @@ def test_bad_lines_and_truncated_files_are_counted_and_skipped(tmp_path, capsys)
     cut.write_bytes(full[:len(full) // 2])  # a download cut short
     _run(tmp_path, "--input", good, txt, cut, "--out", tmp_path / "s", "--val_every", "0")
     out = capsys.readouterr().out
-    docs = _documents(tmp_path / "s", "train")
+    docs = documents(tmp_path / "s", "train")
     gz = docs[3:]
     assert docs[:3] == ["fine one", "fine two", "first line\nlast line\n"]
     assert 0 < len(gz) < 2000 and gz == [f"gz doc {i}" for i in range(len(gz))]

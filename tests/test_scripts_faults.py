@@ -10,16 +10,16 @@ import os
 import random
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 import sample
-from data import get_tokenizer, load_shard, read_checked_meta
+from data import get_tokenizer, read_checked_meta
 from tools import bench, export, prepare as P
 from tools import experiment as E
 from tools import common
 from tools.common import UserError, own_run_dir, parse_config
+from test_prepare import documents
 
 BYTE = get_tokenizer("byte")
 ROOT_USER = os.geteuid() == 0  # root may write into read-only directories
@@ -37,21 +37,6 @@ def snapshot(folder):
         else:
             out[key] = path.read_bytes()
     return out
-
-
-def documents(folder, split="train"):
-    """The documents of a prepared split, decoded: the text between <|endoftext|> ids."""
-    paths = sorted(Path(folder).glob(f"{split}_*.bin"))
-    tokens = np.concatenate([load_shard(p) for p in paths] or [np.empty(0, np.uint16)]).tolist()
-    docs, current = [], None
-    for t in tokens:
-        if t == BYTE.eot_id:
-            if current is not None:
-                docs.append(BYTE.decode(current))
-            current = []
-        else:
-            current.append(t)
-    return docs + ([BYTE.decode(current)] if current is not None else [])
 
 
 def refusal(capsys, run, argv):

@@ -139,12 +139,13 @@ def check_ranges(cfg, ranges):
                 raise UserError(f"--{name} must be {allowed}, got {getattr(cfg, name)}")
 
 
-def parse_config(cls, description, argv=None, choices=None, defaults=None):
+def parse_config(cls, description, argv=None, choices=None, defaults=None, prog=None):
     """A script's config from its command line, checked at the door: argparse reads the flags,
     then cls.check() what they mean together and the files they name. A refusal exits with one
     line that names the flag or file, before any work. defaults: {field: value} in place of the
-    dataclass's (a task's own defaults)."""
+    dataclass's (a task's own defaults); prog: the command's name in messages."""
     parser = config_parser(cls, description, choices)
+    parser.prog = prog or parser.prog
     parser.set_defaults(**(defaults or {}))
     cfg = cls(**vars(parser.parse_args(argv)))
     try:

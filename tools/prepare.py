@@ -33,8 +33,8 @@ from tqdm import tqdm
 from data import SHARD_TOKENS, TOKENIZERS, get_tokenizer, shard_path, write_shard
 from tasks import TASK_ALIASES, TASK_FILES
 from tools import gpt2
-from tools.common import (UserError, atomic_write, check_ranges, config_parser, download,
-                          own_run_dir, require, require_writable_dir, write_json)
+from tools.common import (UserError, atomic_write, check_ranges, download, own_run_dir,
+                          parse_config, require, require_writable_dir, write_json)
 
 TEXT_TYPES, JSON_TYPES = (".txt", ".txt.gz"), (".jsonl", ".jsonl.gz", ".json.gz")
 TXT_DOCS = ("file", "line")  # a .txt input is one document, or one document per line
@@ -561,14 +561,8 @@ def parse_command(argv=None):
     if args.command in ("task", "gpt2") and rest and not rest[0].startswith("-"):
         rest = ["--name", *rest]  # `task gsm8k` as README writes it
     cls = COMMANDS[args.command]
-    parser = config_parser(cls, cls.__doc__, CHOICES[args.command])
-    parser.prog = f"{top.prog} {args.command}"
-    cfg = cls(**vars(parser.parse_args(rest)))
-    try:
-        cfg.check()
-    except UserError as e:
-        parser.exit(2, f"{parser.prog}: error: {e}\n")
-    return cfg
+    return parse_config(cls, cls.__doc__, rest, CHOICES[args.command],
+                        prog=f"{top.prog} {args.command}")
 
 
 def main(argv=None):
