@@ -15,8 +15,9 @@ DDP, bf16 autocast, and checkpoints that resume exactly.
 import json
 import math
 import os
+import shutil
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 
 import torch
@@ -107,8 +108,8 @@ class TrainConfig:
 
 # -----------------------------------------------------------------------------
 # The run directory: one run owns it while it lives (tools.common.own_run_dir).
-# A new run replaces an earlier one only when told to; a resumed one continues
-# its log.
+# A new run replaces an earlier one only when told to (--overwrite), and only
+# once it has a checkpoint of its own; a resumed one continues its log.
 
 def check_run_dir(cfg):
     """Refuse --resume with nothing to resume, or a new run over a checkpoint."""
@@ -124,13 +125,62 @@ def check_run_dir(cfg):
                 "replace it, or another --out_dir")
 
 
-def clear_earlier_run(out_dir):
-    """Delete an earlier run's checkpoint and log, saying so."""
-    for name in ("ckpt.pt", "metrics.jsonl"):
-        path = os.path.join(out_dir, name)
-        if os.path.exists(path):
-            os.remove(path)
-            print(f"note: removed {path} of an earlier run")
+RUN_FILES = ("ckpt.pt", "metrics.jsonl")
+EARLIER = ".earlier"  # where --overwrite keeps the earlier run until it is replaced
+
+
+def set_earlier_run_aside(out_dir):
+    """Move an earlier run's files into out_dir/.earlier/, whole."""
+    aside = os.path.join(out_dir, EARLIER)
+    os.makedirs(aside, exist_ok=True)
+    for name in RUN_FILES:
+        if os.path.exists(os.path.join(out_dir, name)):
+            os.replace(os.path.join(out_dir, name), os.path.join(aside, name))
+
+
+def delete_earlier_run(out_dir):
+    """This run has its own checkpoint now: the earlier run's files go."""
+    aside = os.path.join(out_dir, EARLIER)
+    if os.path.isdir(aside):
+        shutil.rmtree(aside)
+        print(f"note: removed the earlier run's files from {aside}, replaced by this run's")
+
+
+def put_earlier_run_back(out_dir):
+    """A run that failed (or was killed) before its first checkpoint: the earlier
+    run's files go back in place, and this run's log of unsaved steps goes."""
+    aside = os.path.join(out_dir, EARLIER)
+    if not os.path.isdir(aside):
+        return
+    for name in RUN_FILES:
+        kept = os.path.join(aside, name)
+        if os.path.exists(kept):
+            os.replace(kept, os.path.join(out_dir, name))
+        elif os.path.exists(os.path.join(out_dir, name)):
+            os.remove(os.path.join(out_dir, name))
+    os.rmdir(aside)
+    print(f"note: {out_dir} holds the earlier run again: the run that was to replace it "
+          "ended before its first checkpoint")
+
+
+@contextmanager
+def run_dir_owned(cfg, master):
+    """Rank 0 owns out_dir for the run's lifetime; an --overwrite run that fails
+    before its first checkpoint leaves the earlier run as it was."""
+    if not master:
+        yield
+        return
+    with own_run_dir(cfg.out_dir):
+        # An --overwrite run killed earlier: finish or undo its replacement.
+        if os.path.exists(os.path.join(cfg.out_dir, "ckpt.pt")):
+            delete_earlier_run(cfg.out_dir)
+        put_earlier_run_back(cfg.out_dir)
+        check_run_dir(cfg)  # again, now that it is ours
+        try:
+            yield
+        except BaseException:
+            put_earlier_run_back(cfg.out_dir)
+            raise
 
 
 def cut_log_after(path, step):
@@ -204,13 +254,13 @@ def grad_accum_of(cfg, T, world_size):
 
 def ready_run_dir(cfg, step):
     """Delete what a killed write left; on --resume the log's rows after step,
-    else the earlier run's files (check_run_dir allowed that only with
-    --overwrite)."""
-    remove_interrupted_writes(cfg.out_dir, ["ckpt.pt", "metrics.jsonl"])
+    else set the earlier run's files aside (check_run_dir allowed that only
+    with --overwrite)."""
+    remove_interrupted_writes(cfg.out_dir, RUN_FILES)
     if cfg.resume:
         cut_log_after(os.path.join(cfg.out_dir, "metrics.jsonl"), step)
     else:
-        clear_earlier_run(cfg.out_dir)
+        set_earlier_run_aside(cfg.out_dir)
 
 
 def nan_culprit(cfg):
@@ -271,9 +321,7 @@ def train(cfg: TrainConfig) -> str:
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     log_path = os.path.join(cfg.out_dir, "metrics.jsonl")
     # One run owns out_dir while it lives: a second one started there is refused.
-    with own_run_dir(cfg.out_dir) if master else nullcontext():
-        if master:  # again, now that it is ours: another run may have ended here
-            check_run_dir(cfg)
+    with run_dir_owned(cfg, master):
         # ---- what the run starts from, checked before any work
         ckpt = None
         if cfg.resume:
@@ -415,6 +463,7 @@ def train(cfg: TrainConfig) -> str:
                     "real_tokens_seen": real_tokens_seen, "world_size": world_size,
                     "config": asdict(cfg), "pause_frac": cfg.pause_frac,
                     "tokenizer": tok.name, "pause_id": tok.pause_id}, ckpt_path)
+                delete_earlier_run(cfg.out_dir)  # --overwrite: replaced now
             if steps_since_log == 0:
                 t0 = time.time()  # tokens/s counts training only
         bar.close()

@@ -17,8 +17,8 @@ from tools.checkpoint import load_checkpoint
 from tools.common import field_comments, lr_at, read_jsonl
 from data import PretrainLoader, builtin_tokens, get_tokenizer, write_shard
 from tools.prepare import prepare
-from train import (TrainConfig, check_run_dir, clear_earlier_run, cut_log_after, main,
-                   parse_args, train)
+from train import (TrainConfig, check_run_dir, cut_log_after, main, parse_args,
+                   set_earlier_run_aside, train)
 from tools.common import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -226,7 +226,7 @@ def test_a_new_run_never_overwrites_a_checkpoint(tmp_path, capsys):
         run(**SMALL, max_steps=3, out_dir=out)
     assert (tmp_path / "o" / "ckpt.pt").read_bytes() == before and len(metrics(out)) == 2
     run(**SMALL, max_steps=3, overwrite=True, out_dir=out)
-    assert "removed" in capsys.readouterr().out
+    assert "removed the earlier run's files" in capsys.readouterr().out
     assert [r["step"] for r in metrics(out)] == [1, 3]  # the new run's log only
 
 
@@ -468,13 +468,45 @@ def test_check_run_dir(tmp_path):
     check(overwrite=True)
 
 
-def test_clear_earlier_run_and_cut_log_after(tmp_path, capsys):
+def test_cut_log_after(tmp_path):
     log = tmp_path / "metrics.jsonl"
     log.write_text("".join(json.dumps({"step": s}) + "\n" for s in (1, 2, 3)))
     cut_log_after(str(log), 2)  # resuming from a checkpoint of step 2
     assert read_jsonl(log) == [{"step": 1}, {"step": 2}]
-    (tmp_path / "ckpt.pt").write_bytes(b"")
-    (tmp_path / "keep.txt").write_text("not the run's")
-    clear_earlier_run(str(tmp_path))
-    assert os.listdir(tmp_path) == ["keep.txt"]
-    assert capsys.readouterr().out.count("of an earlier run") == 2
+
+
+def run_files(out_dir):
+    return {name: (out_dir / name).read_bytes() for name in ("ckpt.pt", "metrics.jsonl")}
+
+
+def test_a_failed_overwrite_leaves_the_earlier_run_whole(tmp_path, capsys):
+    out = tmp_path / "o"
+    run(**SMALL, max_steps=2, out_dir=str(out))
+    earlier = run_files(out)
+    # diverges at its first step: stopped before its first checkpoint
+    with pytest.raises(UserError, match="stopped without saving"):
+        run(**{**SMALL, "lr": 1e30, "min_lr": 0.0}, max_steps=3, overwrite=True,
+            out_dir=str(out))
+    assert run_files(out) == earlier and sorted(os.listdir(out)) == sorted(earlier)
+    assert "holds the earlier run again" in capsys.readouterr().out
+
+
+def test_a_killed_overwrite_is_undone_or_finished_by_the_next_run(tmp_path, capsys):
+    out = tmp_path / "o"
+    run(**SMALL, max_steps=2, out_dir=str(out))
+    earlier = run_files(out)
+    # killed after setting the earlier run aside, before its first checkpoint
+    set_earlier_run_aside(str(out))
+    (out / "metrics.jsonl").write_text(json.dumps({"step": 1}) + "\n")
+    with pytest.raises(UserError, match="ckpt.pt exists: give --resume"):
+        run(**SMALL, max_steps=3, out_dir=str(out))  # put back, then refused as usual
+    assert run_files(out) == earlier and sorted(os.listdir(out)) == sorted(earlier)
+    # killed after its first checkpoint, before the earlier files were deleted
+    set_earlier_run_aside(str(out))
+    (out / "ckpt.pt").write_bytes(earlier["ckpt.pt"])
+    run(**SMALL, max_steps=2, resume=True, out_dir=str(out))
+    assert not (out / ".earlier").exists()
+    # an --overwrite that finishes replaces the earlier run only then
+    run(**SMALL, max_steps=3, overwrite=True, out_dir=str(out))
+    assert [r["step"] for r in metrics(str(out))] == [1, 3] and not (out / ".earlier").exists()
+    assert "replaced by this run's" in capsys.readouterr().out
