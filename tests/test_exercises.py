@@ -1063,7 +1063,8 @@ def test_student_version_passes_once_the_exercises_are_written(tmp_path):
 
 def test_student_version_blanks_only_what_is_graded(tmp_path):
     with pytest.raises(SystemExit) as refused:
-        student_version.main(["--out", str(tmp_path / "a"), "--functions", "finetune.training_rows"])
+        student_version.main(["--out", str(tmp_path / "a"),
+                              "--functions", "finetune.training_rows"])
     assert "no grader" in str(refused.value) and "pause.insert_pauses" in str(refused.value)
     assert not (tmp_path / "a").exists()
     # The command each exercise prints selects its graders: -k holds when the name of a test

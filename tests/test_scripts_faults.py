@@ -61,7 +61,7 @@ def jsonl(path, docs):
 
 
 # -----------------------------------------------------------------------------------------------
-# prepare: inputs checked for meaning (issue item 3), UTF-16 (item 9), an atomic swap (item 6)
+# prepare: inputs checked for meaning, UTF-16 files, an atomic swap
 
 @pytest.fixture
 def prepared(tmp_path):
@@ -211,7 +211,7 @@ def test_two_prepares_of_one_output_cannot_run_at_once(prepared, tmp_path, capsy
 
 
 # -----------------------------------------------------------------------------------------------
-# experiment: a diverged count run (issue item 4), devices, out_dir
+# experiment: a diverged count run, devices, out_dir
 
 def test_a_diverged_count_run_stops_naming_the_flag(tmp_path, capsys):
     for flag in ("--pretrain_lr", "--finetune_lr"):

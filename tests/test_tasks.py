@@ -378,7 +378,8 @@ def test_nq_open(tmp_path):
 
 
 def test_downloaded_file_names_are_the_ones_load_task_reads(tmp_path):
-    # `python -m tools.prepare task NAME --out DIR` writes DIR/NAME/<these names>; load_task finds them.
+    # `python -m tools.prepare task NAME --out DIR` writes DIR/NAME/<these names>;
+    # load_task finds them.
     for name, files in TASK_FILES.items():
         for fname in files:
             fname = fname.removesuffix(".bz2")  # decompressed after the download
