@@ -3,72 +3,30 @@ ceremony) and the line density of pause.py and model.py, as the house rules meas
 
     python tests/test_kit_style.py pause.py model.py      # prints the figures
 
-Code lines are the lines that hold code: not blank, not only a comment, not a docstring. Check lines
-are those of `assert` and `raise` statements, of an `if` whose body only raises, and of functions
-whose name starts with check or _check.
+Code lines and check lines are counted as tests/style_figures.py counts them.
 """
 import ast
-import io
 import sys
-import tokenize
 from pathlib import Path
 
 import pytest
 
+from style_figures import check_lines, code_lines  # one definition of both, beside the figures
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def docstring_lines(tree):
-    lines = set()
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            first = node.body[0] if node.body else None
-            is_text = isinstance(getattr(first, "value", None), ast.Constant) and \
-                isinstance(first.value.value, str)
-            if isinstance(first, ast.Expr) and is_text:
-                lines.update(range(first.lineno, first.end_lineno + 1))
-    return lines
-
-
-def code_lines(source, tree):
-    """The numbers of the lines that hold a token of code."""
-    kinds = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT,
-             tokenize.ENDMARKER, tokenize.ENCODING}
-    found = set()
-    for tok in tokenize.tokenize(io.BytesIO(source.encode()).readline):
-        if tok.type not in kinds:
-            found.update(range(tok.start[0], tok.end[0] + 1))
-    return found - docstring_lines(tree)
-
-
-def check_lines(tree):
-    lines = set()
-
-    def span(node):
-        lines.update(range(node.lineno, node.end_lineno + 1))
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Assert, ast.Raise)):
-            span(node)
-        elif isinstance(node, ast.If) and not node.orelse and \
-                all(isinstance(s, ast.Raise) for s in node.body):
-            span(node)
-        elif isinstance(node, ast.FunctionDef) and node.name.lstrip("_").startswith("check"):
-            span(node)
-    return lines
 
 
 def figures(path):
     """{lines, mean (non-blank line length), at95 (% of lines of 95+ characters), checks (% of
     code lines that check arguments)} of one file."""
     source = Path(path).read_text()
-    tree = ast.parse(source)
     lines = source.splitlines()
     non_blank = [line for line in lines if line.strip()]
-    code = code_lines(source, tree)
+    code = code_lines(source)
     return {"lines": len(lines),
             "mean": sum(map(len, non_blank)) / len(non_blank),
             "at95": 100 * sum(len(line) >= 95 for line in lines) / len(lines),
-            "checks": 100 * len(check_lines(tree) & code) / len(code)}
+            "checks": 100 * len(check_lines(source) & code) / len(code)}
 
 
 @pytest.mark.parametrize("name", ["pause.py", "model.py"])
