@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 import pause
-from tools.checkpoint import load_model
+from tools.checkpoint import load_pretrained
 from tools.common import UserError, check_ranges, parse_config, require, resolve_device
 
 
@@ -64,7 +64,7 @@ def main(argv=None):
 def sample(cfg):
     device = resolve_device(cfg.device)
     path = checkpoint_path(cfg.ckpt)
-    model, tok, _ = load_model(path, cfg.init_from, device)
+    model, tok, _ = load_pretrained(path, cfg.init_from, device)
     source = cfg.init_from or path
     model.to(device).eval()
     prompt = tok.encode(cfg.prompt)

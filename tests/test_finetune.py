@@ -392,7 +392,7 @@ def test_checkpoint_without_a_pause_token_is_refused(tmp_path):
     # bytes + <|endoftext|>, no <|pause|>
     ckpt = save_tiny_ckpt(tmp_path / "nopause.pt", vocab_size=257)
     with pytest.raises(UserError, match="has no pause token"):
-        checkpoint.load_model(ckpt, "", "cpu")
+        checkpoint.load_pretrained(ckpt, "", "cpu")
 
 
 # ----------------------------------------------------------------------------------------------

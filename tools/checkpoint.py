@@ -3,7 +3,7 @@ Checkpoints, and the models built from them: one place for what train.py, finetu
 and the tools read and write. A checkpoint is a dict of tensors and plain values, read with
 weights_only=True so that a malicious pickle cannot run code. train.py's are resumable
 (optimizer, loader and RNG state); finetune.py's hold the finetuned model and its finetune_config.
-GPT-2's weights (tools/gpt2.py) come in through load_model as well.
+GPT-2's weights (tools/gpt2.py) come in through load_pretrained as well.
 """
 import os
 from dataclasses import asdict
@@ -65,7 +65,7 @@ def load_checkpoint(path, device="cpu"):
         model = GPT(GPTConfig(**ckpt["model_config"]))
         model.load_state_dict(ckpt["model"])
         tok = get_tokenizer(ckpt["tokenizer"])
-        # More ids than the tokenizer has could be sampled and not decoded (fewer: load_model
+        # More ids than the tokenizer has could be sampled and not decoded (fewer: load_pretrained
         # says that the pause is missing).
         if model.config.vocab_size > tok.vocab_size:
             raise ValueError(f"vocab_size {model.config.vocab_size}, but the {tok.name} "
@@ -122,13 +122,6 @@ def load_pretrained(ckpt_path, init_from, device="cpu"):
                          f"ids) has no pause token (the {tok.name} tokenizer's <|pause|> is id "
                          f"{tok.pause_id}); train.py's vocabulary has it")
     return model, tok, checkpoint_settings(ckpt)
-
-
-def load_model(ckpt_path, init_from, device="cpu"):
-    """(model, tokenizer, pause_frac): load_pretrained with pause_frac alone of what the model
-    carries, for callers that need no more."""
-    model, tok, carried = load_pretrained(ckpt_path, init_from, device)
-    return model, tok, carried["pause_frac"]
 
 
 # -----------------------------------------------------------------------------------------------
